@@ -1,0 +1,300 @@
+"""The one Kafka wrapper every stage uses: settings, producer, consumer, topic admin.
+
+Latency-tuned defaults live here and only here. Clients connect lazily (on first use),
+are context managers, copy the caller's config and flush on close — never per message.
+Lives in ``schemas`` because every stage needs it and stages import nothing but schemas.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.errors import ConfigError
+from schemas.headers import Headers
+from schemas.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_ENV = "DRIVESTREAM_BOOTSTRAP"
+
+#: Producer defaults: send at once (no linger), no compression for ~100-byte records,
+#: idempotent acks=all so nothing accepted is lost or duplicated by retries.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger_ms": 0,
+    "acks": "all",
+    "enable_idempotence": True,
+    "compression_type": None,
+    "max_in_flight_requests_per_connection": 5,
+    "request_timeout_ms": 30_000,
+    "max_request_size": 64 * 1024 * 1024,
+}
+
+#: Consumer defaults: the broker answers a fetch as soon as one byte is there
+#: (fetch_min_bytes=1); fetch_max_wait_ms only bounds empty polls.
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "fetch_min_bytes": 1,
+    "fetch_max_wait_ms": 20,
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "max_partition_fetch_bytes": 64 * 1024 * 1024,
+    "fetch_max_bytes": 64 * 1024 * 1024,
+    "session_timeout_ms": 10_000,
+    "heartbeat_interval_ms": 1_000,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    """Where the cluster is and how to authenticate; SASL/SSL are passed straight through."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    client_id: str = "drivestream"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Any other kafka-python setting, applied to every client."""
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap or any(":" not in h for h in self.bootstrap.split(",")):
+            raise ConfigError(f"bootstrap must be host:port[,host:port], got {self.bootstrap!r}")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> KafkaSettings:
+        """Settings from DRIVESTREAM_BOOTSTRAP (and friends), then ``overrides``."""
+        env = {
+            "bootstrap": os.environ.get(BOOTSTRAP_ENV),
+            "security_protocol": os.environ.get("DRIVESTREAM_SECURITY_PROTOCOL"),
+            "sasl_mechanism": os.environ.get("DRIVESTREAM_SASL_MECHANISM"),
+            "sasl_username": os.environ.get("DRIVESTREAM_SASL_USERNAME"),
+            "sasl_password": os.environ.get("DRIVESTREAM_SASL_PASSWORD"),
+            "ssl_cafile": os.environ.get("DRIVESTREAM_SSL_CAFILE"),
+        }
+        values = {k: v for k, v in env.items() if v}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def client_config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+        }
+        cfg.update({k: v for k, v in optional.items() if v is not None})
+        cfg.update(self.extra)
+        return cfg
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One consumed record with where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+class Producer:
+    """Lazy, flush-on-close producer of raw bytes; ``send`` never flushes."""
+
+    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+        self._config = {**PRODUCER_DEFAULTS, **settings.client_config(), **overrides}
+        self._producer: KafkaProducer | None = None
+
+    @property
+    def client(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(**self._config)
+        return self._producer
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> Any:
+        """Queue one record; returns kafka-python's future (errors surface on flush/get)."""
+        if isinstance(key, str):
+            key = key.encode()
+        future = self.client.send(
+            topic, value=value, key=key, headers=headers or [], partition=partition
+        )
+        future.add_errback(_log_send_error, topic)
+        return future
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return self.client.partitions_for(topic) or set()
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.flush(timeout=timeout_s)
+            finally:
+                self._producer.close(timeout=timeout_s)
+                self._producer = None
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _log_send_error(exc: BaseException, topic: str) -> None:
+    log.error("send to %s failed: %s", topic, exc)
+
+
+class Consumer:
+    """Lazy consumer returning :class:`Message` lists; subscribe by group or assign."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topics: Sequence[str] = (),
+        group_id: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._config = {
+            **CONSUMER_DEFAULTS,
+            **settings.client_config(),
+            "group_id": group_id,
+            **overrides,
+        }
+        self._topics = list(topics)
+        self._listener: Any = None
+        self._consumer: KafkaConsumer | None = None
+
+    @property
+    def client(self) -> KafkaConsumer:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(**self._config)
+            if self._topics:
+                self._consumer.subscribe(self._topics, listener=self._listener)
+        return self._consumer
+
+    def on_rebalance(self, listener: Any) -> Consumer:
+        """Set a kafka ConsumerRebalanceListener before the first poll."""
+        if self._consumer is not None:
+            raise RuntimeError("set the rebalance listener before the consumer connects")
+        self._listener = listener
+        return self
+
+    def assign(self, topic: str, partitions: Iterable[int]) -> None:
+        self.client.assign([TopicPartition(topic, p) for p in partitions])
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self.client.seek(TopicPartition(topic, partition), offset)
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return self.client.partitions_for_topic(topic) or set()
+
+    def poll(self, timeout_ms: int = 100, max_records: int | None = None) -> list[Message]:
+        batches = self.client.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[Message] = []
+        for records in batches.values():
+            out.extend(
+                Message(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.timestamp,
+                    r.key,
+                    r.value,
+                    list(r.headers or []),
+                )
+                for r in records
+            )
+        return out
+
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Commit consumed positions, or explicit ``{(topic, partition): next_offset}``."""
+        if offsets is None:
+            self.client.commit()
+            return
+        from kafka.structs import OffsetAndMetadata
+
+        self.client.commit(
+            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        )
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ensure_topics(
+    settings: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30
+) -> list[str]:
+    """Create missing topics with their configs; existing ones are left as they are.
+
+    Returns the names created. Idempotent: running it twice creates nothing the second time.
+    """
+    specs = list(specs)
+    admin = KafkaAdminClient(**settings.client_config(), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        todo = [s for s in specs if s.name not in existing]
+        created: list[str] = []
+        for spec in todo:
+            topic = NewTopic(spec.name, spec.partitions, 1, topic_configs=dict(spec.configs))
+            try:
+                admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            _wait_for_metadata(admin, created, timeout_s)
+        return created
+    except KafkaError as exc:
+        raise ConfigError(f"cannot create topics on {settings.bootstrap}: {exc}") from exc
+    finally:
+        admin.close()
+
+
+def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        described = admin.describe_topics(names)
+        if all(t.get("error_code", 0) == 0 and t.get("partitions") for t in described):
+            return
+        time.sleep(0.05)
+    raise ConfigError(f"topics {names} created but not visible after {timeout_s}s")

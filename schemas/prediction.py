@@ -1,0 +1,148 @@
+"""Prediction: the answer to one sensor frame, with every stamp needed to split latency.
+
+Stamps are wall-clock ns (``schemas.headers.now_ns``): t_produce_ns is copied from the
+frame's header; t_consumed_ns when the inference service got the record; t_infer_start_ns /
+t_infer_end_ns around the model (or fallback) call; t_published_ns right before producing.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import pyarrow as pa
+
+from schemas import headers
+from schemas.binary import Reader, pack_string
+from schemas.errors import CodecError
+from schemas.headers import Headers
+
+SCHEMA_NAME = "prediction"
+SCHEMA_VERSION = 1
+
+Source = Literal["model", "fallback"]
+SOURCES: tuple[Source, ...] = ("model", "fallback")
+
+ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("vehicle_id", pa.string(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("t_event_ns", pa.int64(), nullable=False),
+        pa.field("horizons_s", pa.list_(pa.float64()), nullable=False),
+        pa.field("pred_x", pa.list_(pa.float64()), nullable=False),
+        pa.field("pred_y", pa.list_(pa.float64()), nullable=False),
+        pa.field("model_version", pa.int64(), nullable=False),
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("t_produce_ns", pa.int64(), nullable=False),
+        pa.field("t_consumed_ns", pa.int64(), nullable=False),
+        pa.field("t_infer_start_ns", pa.int64(), nullable=False),
+        pa.field("t_infer_end_ns", pa.int64(), nullable=False),
+        pa.field("t_published_ns", pa.int64(), nullable=False),
+    ],
+    metadata={b"drivestream.schema": f"{SCHEMA_NAME}/{SCHEMA_VERSION}".encode()},
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Predicted positions of one vehicle at each horizon after the frame ``seq``.
+
+    ``model_version`` is -1 and ``model_name`` the fallback's name (``ctrv``/``cv``) when
+    ``source`` is ``fallback``; ``reason`` says why the fallback answered ('' for model).
+    """
+
+    vehicle_id: str
+    seq: int
+    t_event_ns: int
+    horizons_s: tuple[float, ...]
+    pred_x: tuple[float, ...]
+    pred_y: tuple[float, ...]
+    model_version: int
+    model_name: str
+    source: Source
+    reason: str
+    t_produce_ns: int
+    t_consumed_ns: int
+    t_infer_start_ns: int
+    t_infer_end_ns: int
+    t_published_ns: int = 0
+
+    def published(self, t_ns: int) -> Prediction:
+        return replace(self, t_published_ns=t_ns)
+
+
+# Value v1: str vehicle_id | q seq | q t_event_ns | q model_version | str model_name |
+# B source index | str reason | 5q stamps | B K | K * (3d horizon x y)
+_HEAD = struct.Struct("<qqq")
+_SRC = struct.Struct("<B")
+_STAMPS = struct.Struct("<5q")
+_K = struct.Struct("<B")
+_POINT = struct.Struct("<3d")
+
+
+def encode_prediction(p: Prediction) -> bytes:
+    if not len(p.horizons_s) == len(p.pred_x) == len(p.pred_y):
+        raise CodecError("horizons_s", "horizons, pred_x and pred_y differ in length")
+    parts = [
+        pack_string(p.vehicle_id),
+        _HEAD.pack(p.seq, p.t_event_ns, p.model_version),
+        pack_string(p.model_name),
+        _SRC.pack(SOURCES.index(p.source)),
+        pack_string(p.reason),
+        _STAMPS.pack(
+            p.t_produce_ns,
+            p.t_consumed_ns,
+            p.t_infer_start_ns,
+            p.t_infer_end_ns,
+            p.t_published_ns,
+        ),
+        _K.pack(len(p.horizons_s)),
+    ]
+    parts.extend(
+        _POINT.pack(h, x, y) for h, x, y in zip(p.horizons_s, p.pred_x, p.pred_y, strict=True)
+    )
+    return b"".join(parts)
+
+
+def decode_prediction(value: bytes) -> Prediction:
+    r = Reader(value, "prediction")
+    vid = r.string()
+    seq, t_event, version = r.unpack(_HEAD)
+    name = r.string()
+    (src,) = r.unpack(_SRC)
+    if src >= len(SOURCES):
+        raise CodecError("source", f"unknown source index {src}")
+    reason = r.string()
+    stamps = r.unpack(_STAMPS)
+    (k,) = r.unpack(_K)
+    points = [r.unpack(_POINT) for _ in range(k)]
+    r.done()
+    return Prediction(
+        vid,
+        seq,
+        t_event,
+        tuple(p[0] for p in points),
+        tuple(p[1] for p in points),
+        tuple(p[2] for p in points),
+        version,
+        name,
+        SOURCES[src],
+        reason,
+        *stamps,
+    )
+
+
+def prediction_headers() -> Headers:
+    return [(headers.SCHEMA, headers.schema_tag(SCHEMA_NAME, SCHEMA_VERSION))]
+
+
+def check_prediction_headers(hdrs: Headers | None) -> None:
+    headers.check_schema(hdrs, SCHEMA_NAME, SCHEMA_VERSION)
+
+
+def predictions_to_table(preds: list[Prediction]) -> pa.Table:
+    cols = {n: [getattr(p, n) for p in preds] for n in ARROW_SCHEMA.names}
+    return pa.Table.from_pydict(cols, schema=ARROW_SCHEMA)
