@@ -65,3 +65,34 @@ def default_topics(partitions: int = 4, prefix: str = "") -> list[TopicSpec]:
             configs={"cleanup.policy": "compact", "max.message.bytes": str(MODEL_MAX_BYTES)},
         ),
     ]
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The concrete topic names a deployment uses (``prefix`` + the default names)."""
+
+    prefix: str = ""
+
+    @property
+    def sensors(self) -> str:
+        return self.prefix + SENSORS
+
+    @property
+    def predictions(self) -> str:
+        return self.prefix + PREDICTIONS
+
+    @property
+    def models(self) -> str:
+        return self.prefix + MODELS
+
+    @property
+    def deadletter(self) -> str:
+        return self.prefix + DEADLETTER
+
+    @property
+    def ps_updates(self) -> str:
+        return self.prefix + PS_UPDATES
+
+    @property
+    def ps_weights(self) -> str:
+        return self.prefix + PS_WEIGHTS
