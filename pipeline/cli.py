@@ -18,6 +18,7 @@ from schemas.errors import DrivestreamError
 VERBS: dict[str, tuple[str, str, str, str]] = {
     "broker": ("pipeline.broker_cli", "add_arguments", "run", "run the local Kafka broker"),
     "topics": ("pipeline.topics_cli", "add_arguments", "run", "create the pipeline's topics"),
+    "report": ("pipeline.report_cli", "add_arguments", "run", "measure latency and accuracy"),
 }
 
 

@@ -71,7 +71,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         )
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = f"{f.metadata.get('help', '')} [env {env}; default {shown}]".strip()
-        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+        if _base_type(hints[f.name]) is bool:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text
+            )
         parser.set_defaults(**{f"_type_{f.name}": hints[f.name]})
 
 

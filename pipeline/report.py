@@ -1,0 +1,196 @@
+"""Latency and accuracy of a predictions stream, as the user's measuring client sees it.
+
+End-to-end latency of a prediction = the time this client received it minus the
+t_produce_ns of its frame. The stamps split it into stages: Kafka in (produce -> consumed),
+queue (consumed -> inference start), compute, publish (inference end -> published) and
+Kafka out (published -> received). Percentiles are nearest-rank, so they are values that
+were actually observed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from schemas.kinematics import displacement_errors, predict_ctrv, predict_cv
+from schemas.prediction import Prediction
+from schemas.sensor import SensorFrame
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+STAGES = ("kafka_in", "queue", "compute", "publish", "kafka_out")
+#: Ground truth is interpolated only between samples at most this far apart.
+MAX_TRUTH_GAP_S = 1.0
+
+
+def percentiles_ms(values_ns: Iterable[float]) -> dict[str, float]:
+    """Nearest-rank p50/p90/p99/p99.9 and max, in milliseconds."""
+    arr = np.asarray(list(values_ns), dtype=np.float64) / 1e6
+    if arr.size == 0:
+        return {}
+    arr.sort()
+    # Nearest rank: the smallest value with at least p % of the values at or below it
+    # (rounded first so that 99.9 % of 1000 is rank 999, not 1000 by float error).
+    ranks = [max(1, math.ceil(round(p / 100 * arr.size, 6))) for p in PERCENTILES]
+    out = {f"p{p:g}": float(arr[k - 1]) for p, k in zip(PERCENTILES, ranks, strict=True)}
+    out["max"] = float(arr.max())
+    out["mean"] = float(arr.mean())
+    return out
+
+
+@dataclass
+class Received:
+    """One prediction and the wall-clock ns at which the measuring client got it."""
+
+    prediction: Prediction
+    t_received_ns: int
+
+
+def stage_ns(r: Received) -> dict[str, int]:
+    p = r.prediction
+    return {
+        "kafka_in": p.t_consumed_ns - p.t_produce_ns,
+        "queue": p.t_infer_start_ns - p.t_consumed_ns,
+        "compute": p.t_infer_end_ns - p.t_infer_start_ns,
+        "publish": p.t_published_ns - p.t_infer_end_ns,
+        "kafka_out": r.t_received_ns - p.t_published_ns,
+    }
+
+
+def latency_summary(received: list[Received], budget_ms: float) -> dict[str, Any]:
+    """End-to-end percentiles, budget misses, throughput and the split by stage."""
+    if not received:
+        return {"count": 0}
+    e2e = np.array([r.t_received_ns - r.prediction.t_produce_ns for r in received], np.float64)
+    first = min(r.prediction.t_produce_ns for r in received)
+    last = max(r.t_received_ns for r in received)
+    stages = [stage_ns(r) for r in received]
+    return {
+        "count": len(received),
+        "end_to_end_ms": percentiles_ms(e2e),
+        "budget_ms": budget_ms,
+        "budget_miss_rate": float(np.mean(e2e > budget_ms * 1e6)),
+        "throughput_per_s": len(received) / max((last - first) / 1e9, 1e-9),
+        "stages_ms": {s: percentiles_ms(st[s] for st in stages) for s in STAGES},
+    }
+
+
+@dataclass
+class TruthTracks:
+    """Per-vehicle position tracks to interpolate ground truth from, in time."""
+
+    tracks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def from_points(cls, points: Iterable[tuple[str, int, float, float]]) -> TruthTracks:
+        """From (vehicle_id, t_ns, x, y) rows in any order."""
+        rows: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+        for vid, t, x, y in points:
+            rows[vid].append((t, x, y))
+        tracks = {}
+        for vid, pts in rows.items():
+            arr = np.array(sorted(set(pts)), dtype=np.float64)
+            tracks[vid] = (arr[:, 0] / 1e9, arr[:, 1], arr[:, 2])
+        return cls(tracks)
+
+    def at(self, vehicle_id: str, times_s: np.ndarray) -> np.ndarray | None:
+        """``[K, 2]`` positions at ``times_s``, or None if any falls outside/over a gap."""
+        track = self.tracks.get(vehicle_id)
+        if track is None:
+            return None
+        t, x, y = track
+        if len(t) < 2 or times_s.min() < t[0] or times_s.max() > t[-1]:
+            return None
+        hi = np.clip(np.searchsorted(t, times_s), 1, len(t) - 1)
+        if np.any(t[hi] - t[hi - 1] > MAX_TRUTH_GAP_S):
+            return None
+        return np.stack([np.interp(times_s, t, x), np.interp(times_s, t, y)], -1)
+
+
+def accuracy_summary(
+    received: list[Received],
+    frames: dict[tuple[str, int], SensorFrame],
+    truth: TruthTracks,
+) -> dict[str, Any]:
+    """Mean error per horizon of the served predictions beside CV and CTRV on the same frames.
+
+    ``frames`` maps (vehicle_id, seq) to the frame answered (for the baselines); ``truth``
+    gives positions at frame time + horizon. Predictions without both are not scored.
+    """
+    served, cv, ctrv, versions, times = [], [], [], [], []
+    horizons: tuple[float, ...] = ()
+    for r in received:
+        p = r.prediction
+        frame = frames.get((p.vehicle_id, p.seq))
+        if frame is None:
+            continue
+        horizons = p.horizons_s
+        gt = truth.at(p.vehicle_id, p.t_event_ns / 1e9 + np.asarray(horizons))
+        if gt is None:
+            continue
+        args = (frame.x, frame.y, frame.speed, frame.heading)
+        served.append(displacement_errors(np.stack([p.pred_x, p.pred_y], -1), gt))
+        cv.append(displacement_errors(predict_cv(*args, horizons)[0], gt))
+        ctrv.append(displacement_errors(predict_ctrv(*args, frame.yaw_rate, horizons)[0], gt))
+        versions.append(p.model_version if p.source == "model" else -1)
+        times.append(p.t_event_ns)
+    if not served:
+        return {"scored": 0}
+
+    def per_horizon(errors: list[np.ndarray]) -> dict[str, Any]:
+        arr = np.asarray(errors)
+        return {
+            "per_horizon_m": {
+                f"{h:g}s": float(m) for h, m in zip(horizons, arr.mean(0), strict=True)
+            },
+            "ade_m": float(arr.mean()),
+            "fde_m": float(arr[:, -1].mean()),
+        }
+
+    served_arr = np.asarray(served)
+    by_version = {}
+    for v in sorted(set(versions)):
+        mask = np.asarray(versions) == v
+        by_version["fallback" if v == -1 else str(v)] = {
+            "scored": int(mask.sum()),
+            "fde_m": float(served_arr[mask, -1].mean()),
+        }
+    return {
+        "scored": len(served),
+        "served": per_horizon(served),
+        "cv": per_horizon(cv),
+        "ctrv": per_horizon(ctrv),
+        "by_version": by_version,
+        "timeline": {"t_event_ns": times, "version": versions, "fde_m": served_arr[:, -1].tolist()},
+    }
+
+
+def version_summary(received: list[Received]) -> dict[str, Any]:
+    """Count and latency per model version (fallback answers under 'fallback')."""
+    groups: dict[str, list[Received]] = defaultdict(list)
+    reasons: dict[str, int] = defaultdict(int)
+    for r in received:
+        p = r.prediction
+        groups["fallback" if p.source == "fallback" else str(p.model_version)].append(r)
+        if p.source == "fallback":
+            reasons[p.reason or "unspecified"] += 1
+    out: dict[str, Any] = {
+        key: {
+            "count": len(items),
+            "end_to_end_ms": percentiles_ms(
+                r.t_received_ns - r.prediction.t_produce_ns for r in items
+            ),
+        }
+        for key, items in sorted(groups.items())
+    }
+    total = max(len(received), 1)
+    return {
+        "versions": out,
+        "fallback_share": len(groups.get("fallback", [])) / total,
+        "fallback_reasons": dict(reasons),
+        "model_versions_served": sorted(int(k) for k in groups if k != "fallback"),
+    }

@@ -1,0 +1,121 @@
+"""Writing the report: JSON summary, PNG plots and the terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.report import STAGES, Received, stage_ns
+
+
+def write_report(report: dict[str, Any], received: list[Received], out: Path, plots: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(_without_timeline(report), indent=2) + "\n")
+    if plots and received:
+        _plot(report, received, out)
+
+
+def _without_timeline(report: dict[str, Any]) -> dict[str, Any]:
+    acc = {k: v for k, v in report.get("accuracy", {}).items() if k != "timeline"}
+    return {**report, "accuracy": acc}
+
+
+def _plot(report: dict[str, Any], received: list[Received], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e2e = np.sort([(r.t_received_ns - r.prediction.t_produce_ns) / 1e6 for r in received])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(e2e, np.arange(1, len(e2e) + 1) / len(e2e))
+    ax.axvline(report["latency"]["budget_ms"], color="red", linestyle="--", label="budget")
+    ax.set(
+        xscale="log",
+        xlabel="end-to-end latency (ms)",
+        ylabel="fraction of predictions",
+        title="Latency CDF (produce -> prediction received)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency_cdf.png", dpi=100)
+    plt.close(fig)
+
+    stages = [stage_ns(r) for r in received]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    data = [np.maximum(np.array([s[k] for s in stages]) / 1e6, 1e-3) for k in STAGES]
+    ax.boxplot(data, tick_labels=list(STAGES), showfliers=False, whis=(1, 99))
+    ax.set(yscale="log", ylabel="ms", title="Latency by stage (whiskers p1-p99)")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "stages.png", dpi=100)
+    plt.close(fig)
+
+    timeline = report.get("accuracy", {}).get("timeline")
+    if timeline and timeline["t_event_ns"]:
+        t = (np.asarray(timeline["t_event_ns"]) - min(timeline["t_event_ns"])) / 1e9
+        order = np.argsort(t)
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+        fde = np.asarray(timeline["fde_m"])[order]
+        window = max(1, len(fde) // 50)
+        smooth = np.convolve(fde, np.ones(window) / window, mode="same")
+        ax1.plot(t[order], smooth)
+        ax1.set(ylabel="FDE (m), rolling", title="Accuracy and model version over time")
+        ax1.grid(True, alpha=0.3)
+        ax2.step(t[order], np.asarray(timeline["version"])[order], where="post")
+        ax2.set(xlabel="stream time (s)", ylabel="model version (-1 = fallback)")
+        ax2.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy.png", dpi=100)
+        plt.close(fig)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A readable terminal summary of a report dict."""
+    lines = []
+    lat = report["latency"]
+    if lat.get("count"):
+        e = lat["end_to_end_ms"]
+        lines += [
+            f"predictions      {lat['count']:>10,d}   throughput {lat['throughput_per_s']:,.0f}/s",
+            "latency (ms)          p50      p90      p99    p99.9      max",
+            "  end-to-end   "
+            + " ".join(f"{e[k]:8.2f}" for k in ("p50", "p90", "p99", "p99.9", "max")),
+        ]
+        for stage in STAGES:
+            s = lat["stages_ms"][stage]
+            lines.append(
+                f"  {stage:<11s}  "
+                + " ".join(f"{s[k]:8.2f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
+            )
+        lines.append(
+            f"budget {lat['budget_ms']:g} ms: missed by {100 * lat['budget_miss_rate']:.2f} %"
+        )
+    else:
+        lines.append("no predictions received")
+    models = report["models"]
+    lines.append(
+        f"model versions served: {models['model_versions_served'] or 'none'}; "
+        f"fallback share {100 * models['fallback_share']:.1f} % {models['fallback_reasons'] or ''}"
+    )
+    acc = report["accuracy"]
+    if acc.get("scored"):
+        horizons = list(acc["served"]["per_horizon_m"])
+        lines.append(
+            f"accuracy on {acc['scored']:,d} predictions (truth: {report['truth_source']})"
+        )
+        lines.append("  mean error (m)  " + " ".join(f"{h:>7s}" for h in horizons) + "      ADE")
+        for name in ("served", "cv", "ctrv"):
+            row = acc[name]
+            lines.append(
+                f"  {name:<14s}  "
+                + " ".join(f"{row['per_horizon_m'][h]:7.2f}" for h in horizons)
+                + f"  {row['ade_m']:7.2f}"
+            )
+    else:
+        lines.append("accuracy: no prediction with ground truth yet")
+    return "\n".join(lines)
