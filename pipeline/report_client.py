@@ -24,7 +24,7 @@ from pipeline.report import (
 )
 from schemas.errors import CodecError, ConfigError, ValidationError
 from schemas.headers import now_ns
-from schemas.kafka import Consumer, KafkaSettings
+from schemas.kafka import Consumer, KafkaSettings, Message
 from schemas.prediction import decode_prediction
 from schemas.sensor import SensorFrame, decode_frames
 from schemas.topics import TopicNames
@@ -111,13 +111,25 @@ class ReportClient:
                 self.received.append(Received(p, t_received))
                 self._recent.append(t_received - p.t_produce_ns)
             got += 1
-        for m in self._sensors.poll(timeout_ms=0):
+        self._take_frames(self._sensors.poll(timeout_ms=0))
+        return got
+
+    def _take_frames(self, messages: list[Message]) -> None:
+        for m in messages:
             try:
                 for f in decode_frames(m.value, validate=False):
                     self.frames[(f.vehicle_id, f.seq)] = f
             except (CodecError, ValidationError, UnicodeDecodeError):
                 continue  # the inference service dead-letters these; nothing to score
-        return got
+
+    def catch_up_frames(self, timeout_s: float = 10.0) -> None:
+        """Read ``sensors`` up to its current end so every answered frame can be scored."""
+        assert self._sensors is not None, "call open() first"
+        client = self._sensors.client
+        end = client.end_offsets(list(client.assignment()))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(client.position(tp) < o for tp, o in end.items()):
+            self._take_frames(self._sensors.poll(timeout_ms=100))
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Poll until duration, expected count, idleness or ``stop``."""
@@ -134,6 +146,7 @@ class ReportClient:
                 break
             if cfg.idle_timeout_s and now - last >= cfg.idle_timeout_s:
                 break
+        self.catch_up_frames()
 
     def live(self) -> dict[str, Any]:
         """Counters for a status line: predictions, recent p50/p99 and fallback share."""
