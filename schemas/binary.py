@@ -33,7 +33,10 @@ class Reader:
 
     def string(self) -> str:
         (n,) = self.unpack(_U8)
-        return self.raw(n).decode()
+        try:
+            return self.raw(n).decode()
+        except UnicodeDecodeError as exc:
+            raise CodecError(self._what, f"string is not UTF-8: {exc}") from exc
 
     def raw(self, n: int) -> bytes:
         end = self._pos + n

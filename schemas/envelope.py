@@ -74,7 +74,7 @@ def decode_envelope(value: bytes) -> ModelEnvelope:
         )
     except KeyError as exc:
         raise CodecError(str(exc.args[0]), "field missing from model envelope") from exc
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         raise CodecError("model_envelope", f"bad field: {exc}") from exc
 
 

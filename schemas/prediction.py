@@ -86,6 +86,10 @@ _POINT = struct.Struct("<3d")
 def encode_prediction(p: Prediction) -> bytes:
     if not len(p.horizons_s) == len(p.pred_x) == len(p.pred_y):
         raise CodecError("horizons_s", "horizons, pred_x and pred_y differ in length")
+    if not 1 <= len(p.horizons_s) <= 255:
+        raise CodecError("horizons_s", f"need 1..255 horizons, got {len(p.horizons_s)}")
+    if p.source not in SOURCES:
+        raise CodecError("source", f"must be one of {SOURCES}, got {p.source!r}")
     parts = [
         pack_string(p.vehicle_id),
         _HEAD.pack(p.seq, p.t_event_ns, p.model_version),

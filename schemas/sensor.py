@@ -46,6 +46,7 @@ MAX_SPEED_MS = 120.0
 MAX_ABS_YAW_RATE = 4.0
 MAX_ABS_ACCEL = 30.0
 MAX_VEHICLE_ID_BYTES = 128
+MAX_GNSS_QUALITY = 127
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +89,8 @@ def validate_frame(f: SensorFrame) -> None:
         raise ValidationError("vehicle_id", f"longer than {MAX_VEHICLE_ID_BYTES} bytes")
     for name in ("seq", "t_event_ns"):
         value = getattr(f, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValidationError(name, f"must be a non-negative integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+            raise ValidationError(name, f"must be an integer in [0, 2**63), got {value!r}")
     _finite("x", f.x, MAX_ABS_POSITION_M)
     _finite("y", f.y, MAX_ABS_POSITION_M)
     _finite("speed", f.speed, MAX_SPEED_MS)
@@ -98,6 +99,13 @@ def validate_frame(f: SensorFrame) -> None:
     _finite("heading", f.heading, math.pi + 1e-6)
     _finite("yaw_rate", f.yaw_rate, MAX_ABS_YAW_RATE)
     _finite("accel", f.accel, MAX_ABS_ACCEL)
+    if f.gnss_quality is not None and (
+        not isinstance(f.gnss_quality, int) or not 0 <= f.gnss_quality <= MAX_GNSS_QUALITY
+    ):
+        raise ValidationError(
+            "gnss_quality",
+            f"must be absent or an integer 0..{MAX_GNSS_QUALITY}, got {f.gnss_quality!r}",
+        )
     if (f.lat is None) != (f.lon is None):
         raise ValidationError("lat" if f.lat is None else "lon", "lat and lon come together")
     if f.lat is not None:
@@ -170,10 +178,7 @@ def decode_frames(value: bytes, validate: bool = True) -> list[SensorFrame]:
         raise CodecError("frames", "record holds no frames")
     out = []
     for _ in range(count):
-        try:
-            vid = r.string()
-        except UnicodeDecodeError as exc:
-            raise CodecError("vehicle_id", "not UTF-8") from exc
+        vid = r.string()
         seq, t, x, y, v, h, w, a, lat, lon, q = r.unpack(_BODY)
         frame = SensorFrame(
             vid,
