@@ -18,11 +18,34 @@ from schemas.errors import DrivestreamError
 VERBS: dict[str, tuple[str, str, str, str]] = {
     "broker": ("pipeline.broker_cli", "add_arguments", "run", "run the local Kafka broker"),
     "topics": ("pipeline.topics_cli", "add_arguments", "run", "create the pipeline's topics"),
+    "simulate": (
+        "ingest.cli",
+        "add_simulate_arguments",
+        "run_simulate",
+        "simulate a fleet's sensor log",
+    ),
+    "import-log": (
+        "ingest.cli",
+        "add_import_arguments",
+        "run_import",
+        "import a CSV/Parquet vehicle log",
+    ),
+    "replay": (
+        "ingest.cli",
+        "add_replay_arguments",
+        "run_replay",
+        "replay a sensor log into Kafka",
+    ),
+    "ps": ("trainer.cli", "add_ps_arguments", "run_ps", "run the parameter server"),
+    "train": ("trainer.cli", "add_train_arguments", "run_train", "run DDP trainers (torchrun)"),
+    "serve": ("inference.cli", "add_serve_arguments", "run_serve", "run the inference service"),
+    "up": ("pipeline.up", "add_arguments", "run", "run the whole pipeline on the local broker"),
     "report": ("pipeline.report_cli", "add_arguments", "run", "measure latency and accuracy"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``chosen`` verb's module is imported for its flags."""
     parser = argparse.ArgumentParser(
         prog="drivestream",
         description="Real-time train-and-infer pipeline for vehicle position prediction.",
@@ -32,13 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, (module, add_name, _, help_text) in VERBS.items():
         sub_parser = sub.add_parser(verb, help=help_text, description=help_text)
         sub_parser.set_defaults(_verb=verb)
-        if "--help" in sys.argv or "-h" in sys.argv or _wants(verb):
+        if verb == chosen:
             _load(module, add_name)(sub_parser)
     return parser
-
-
-def _wants(verb: str) -> bool:
-    return verb in sys.argv[1:3]
 
 
 def _load(module: str, name: str) -> Callable[..., object]:
@@ -47,8 +66,8 @@ def _load(module: str, name: str) -> Callable[..., object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    sys.argv = [sys.argv[0], *argv]
-    args = build_parser().parse_args(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(chosen).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,105 @@
+"""Child processes of ``drivestream up``: started in their own process groups, logged to
+files, and always stopped as whole groups (SIGTERM, then SIGKILL) so nothing is orphaned."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+class Supervisor:
+    """Starts named children and stops every one of them, whatever happens."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        self._env = {**os.environ, **(env or {})}
+
+    def start(self, name: str, argv: Sequence[str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env,
+                start_new_session=True,
+            )
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
+        return child
+
+    def failed(self) -> list[Child]:
+        """Children that exited non-zero."""
+        return [c for c in self.children if c.proc.poll() not in (None, 0)]
+
+    def stop(self, child: Child, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM the child's process group, SIGKILL it after ``timeout_s``."""
+        _signal_group(child.proc.pid, signal.SIGTERM)
+        try:
+            child.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s ignored SIGTERM for %.0fs; killing it", child.name, timeout_s)
+        # Whatever the leader did, take down anything left in its group (torchrun's ranks).
+        _signal_group(child.proc.pid, signal.SIGKILL)
+        try:
+            return child.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop_all(self, timeout_s: float = 20.0) -> None:
+        for child in reversed(self.children):
+            if child.running or _group_alive(child.proc.pid):
+                self.stop(child, timeout_s)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())

@@ -1,0 +1,276 @@
+"""``drivestream up``: the whole pipeline on one machine, measured from the user's side.
+
+Starts (or reuses) the local broker, creates the topics, simulates a fleet (or takes a
+log), runs the parameter server, the trainer group, the inference service and the replayer
+as child processes, watches the predictions topic with the report client, prints a live
+status line, and at the end the report. Every child is stopped, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.broker import BrokerConfig, LocalBroker, port_is_free
+from pipeline.report_client import ReportClient, ReportConfig
+from pipeline.report_output import format_table
+from pipeline.supervisor import Supervisor, wait_until
+from schemas.config import add_config_arguments, config_from_args
+from schemas.errors import ConfigError, DrivestreamError
+from schemas.kafka import KafkaSettings, ensure_topics
+from schemas.topics import TopicNames, default_topics
+
+log = logging.getLogger(__name__)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpConfig:
+    """What ``up`` runs and for how long."""
+
+    bootstrap: str = field(default="", metadata=_help("Kafka host:port ('' = local broker)"))
+    topic_prefix: str = field(default="", metadata=_help("topic prefix ('' = fresh per run)"))
+    duration_s: float = field(default=180.0, metadata=_help("how long to stream"))
+    vehicles: int = field(default=16, metadata=_help("simulated fleet size"))
+    seed: int = field(default=7, metadata=_help("simulation seed"))
+    log: str = field(default="", metadata=_help("replay this Parquet sensor log, not a simulation"))
+    truth: str = field(default="", metadata=_help("ground truth Parquet for --log"))
+    speed: str = field(default="1", metadata=_help("replay speed factor or 'max'"))
+    nproc: int = field(default=2, metadata=_help("trainer ranks"))
+    partitions: int = field(default=4, metadata=_help("partitions of sensors/predictions"))
+    budget_ms: float = field(default=50.0, metadata=_help("latency budget per frame"))
+    device: str = field(default="auto", metadata=_help("auto | cpu | cuda"))
+    export_every_s: float = field(default=10.0, metadata=_help("model export period"))
+    run_dir: str = field(default="runs", metadata=_help("where runs keep logs and reports"))
+    keep_broker: bool = field(default=False, metadata=_help("leave a broker we started running"))
+    drain_s: float = field(default=30.0, metadata=_help("wait this long for the last answers"))
+
+    def __post_init__(self) -> None:
+        if self.duration_s <= 0:
+            raise ConfigError(f"duration_s must be > 0, got {self.duration_s}")
+        if self.nproc < 1 or self.vehicles < 1:
+            raise ConfigError("nproc and vehicles must be >= 1")
+        if self.log and not Path(self.log).exists():
+            raise ConfigError(f"log {self.log} does not exist")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, UpConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    return Up(config_from_args(UpConfig, args)).run()
+
+
+class Up:
+    """One run of the whole pipeline; ``run()`` returns the exit code."""
+
+    def __init__(self, config: UpConfig) -> None:
+        self.config = config
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = Path(config.run_dir) / stamp
+        self.names = TopicNames(config.topic_prefix or f"run-{stamp}-")
+        self.supervisor = Supervisor(self.run_dir / "logs")
+        self.broker: LocalBroker | None = None
+        self._stop = threading.Event()
+
+    # --- steps --------------------------------------------------------------------------
+    def _bootstrap(self) -> str:
+        if self.config.bootstrap:
+            return self.config.bootstrap
+        port = 9092 if port_is_free(9092) else 0
+        self.broker = LocalBroker(BrokerConfig(port=port))
+        running = self.broker.state()
+        state = self.broker.start()
+        if running is not None:
+            self.broker = None  # not ours to stop
+        _say(f"broker   {state.bootstrap} ({'reused' if running else 'started'})")
+        return state.bootstrap
+
+    def _sensor_log(self) -> tuple[str, str]:
+        if self.config.log:
+            return self.config.log, self.config.truth
+        from ingest.logs import write_table
+        from ingest.simulator import SimConfig, simulate
+
+        sim = SimConfig(
+            vehicles=self.config.vehicles, duration_s=self.config.duration_s, seed=self.config.seed
+        )
+        log_table, truth = simulate(sim)
+        log_path = write_table(log_table, self.run_dir / "sensors.parquet")
+        truth_path = write_table(truth, self.run_dir / "truth.parquet")
+        _say(
+            f"simulate {sim.vehicles} vehicles x {sim.duration_s:g} s: {log_table.num_rows} frames"
+        )
+        return str(log_path), str(truth_path)
+
+    def _start_services(self, bootstrap: str) -> None:
+        cli = [sys.executable, "-m", "pipeline.cli"]
+        common = ["--bootstrap", bootstrap, "--topic-prefix", self.names.prefix]
+        self.supervisor.start(
+            "ps",
+            [
+                *cli,
+                "ps",
+                *common,
+                "--checkpoint-dir",
+                str(self.run_dir / "ps"),
+                "--registry-dir",
+                str(self.run_dir / "models"),
+                "--export-every-s",
+                str(self.config.export_every_s),
+            ],
+        )
+        self.supervisor.start(
+            "train",
+            [
+                *cli,
+                "train",
+                *common,
+                "--nproc",
+                str(self.config.nproc),
+                "--checkpoint-dir",
+                str(self.run_dir / "trainer"),
+                "--device",
+                self.config.device,
+            ],
+        )
+        self.supervisor.start(
+            "serve",
+            [
+                *cli,
+                "serve",
+                *common,
+                "--budget-ms",
+                str(self.config.budget_ms),
+                "--device",
+                self.config.device,
+                "--metrics-port",
+                "0",
+            ],
+        )
+
+    def _start_replay(self, bootstrap: str, log_path: str) -> None:
+        self.supervisor.start(
+            "replay",
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "replay",
+                log_path,
+                "--bootstrap",
+                bootstrap,
+                "--topic",
+                self.names.sensors,
+                "--speed",
+                self.config.speed,
+                "--no-progress",
+            ],
+        )
+
+    # --- the run ------------------------------------------------------------------------
+    def run(self) -> int:
+        previous = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        client: ReportClient | None = None
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            bootstrap = self._bootstrap()
+            settings = KafkaSettings.from_env(bootstrap=bootstrap, client_id="drivestream-up")
+            ensure_topics(settings, default_topics(self.config.partitions, self.names.prefix))
+            _say(f"topics   {self.names.prefix}* on {bootstrap}")
+            log_path, truth_path = self._sensor_log()
+            self._start_services(bootstrap)
+            client = ReportClient(
+                ReportConfig(
+                    bootstrap=bootstrap,
+                    topic_prefix=self.names.prefix,
+                    from_beginning=True,
+                    budget_ms=self.config.budget_ms,
+                    truth=truth_path,
+                    out_dir=str(self.run_dir / "report"),
+                ),
+                settings,
+            )
+            client.open()
+            self._start_replay(bootstrap, log_path)
+            self._watch(client)
+        except KeyboardInterrupt:
+            _say("\ninterrupted: stopping every service")
+        except DrivestreamError:
+            raise
+        finally:
+            self.supervisor.stop_all()
+            signal.signal(signal.SIGTERM, previous)
+            if self.broker is not None and not self.config.keep_broker:
+                self.broker.stop()
+        return self._finish(client)
+
+    def _watch(self, client: ReportClient) -> None:
+        replay = next(c for c in self.supervisor.children if c.name == "replay")
+        start = time.monotonic()
+        last_status = 0.0
+        while not self._stop.is_set():
+            client.poll(timeout_ms=100)
+            now = time.monotonic()
+            if now - last_status >= 1.0:
+                last_status = now
+                _status(now - start, len(client.frames), client.live())
+            if self._crashed():
+                return
+            if not replay.running or now - start > self.config.duration_s + 10:
+                break
+        if replay.running:
+            self.supervisor.stop(replay)
+        # Let the services answer what is still in flight.
+        wait_until(lambda: self._drained(client), self.config.drain_s, interval_s=0.0)
+        _status(time.monotonic() - start, len(client.frames), client.live())
+        sys.stderr.write("\n")
+
+    def _drained(self, client: ReportClient) -> bool:
+        client.poll(timeout_ms=100)
+        client.catch_up_frames(timeout_s=1.0)
+        return len(client.received) >= len(client.frames) > 0
+
+    def _crashed(self) -> bool:
+        failed = [c for c in self.supervisor.failed() if c.name != "replay"]
+        for child in failed:
+            _say(
+                f"\n{child.name} exited with {child.proc.returncode}; its log ends:\n{child.tail()}"
+            )
+        return bool(failed)
+
+    def _finish(self, client: ReportClient | None) -> int:
+        if client is None:
+            return 1
+        client.close()
+        report = client.build()
+        print(format_table(report))
+        _say(f"report, plots and logs in {self.run_dir}/")
+        failed = self.supervisor.failed()
+        return 1 if failed or not report["latency"].get("count") else 0
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _status(elapsed: float, frames: int, live: dict[str, Any]) -> None:
+    version = live["model_version"]
+    sys.stderr.write(
+        f"\r{elapsed:6.0f}s  frames {frames:7d}  predictions {live['predictions']:7d}  "
+        f"model {'v' + str(version) if version >= 0 else 'none':>5s}  "
+        f"p50 {live['p50_ms']:6.1f} ms  p99 {live['p99_ms']:6.1f} ms  "
+        f"fallback {100 * live['fallback_share']:5.1f} %"
+    )
+    sys.stderr.flush()
