@@ -9,16 +9,18 @@ status line, and at the end the report. Every child is stopped, also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.broker import BrokerConfig, LocalBroker, port_is_free
+from pipeline.broker import BrokerConfig, LocalBroker, free_port, port_is_free
 from pipeline.report_client import ReportClient, ReportConfig
 from pipeline.report_output import format_table
 from pipeline.supervisor import Supervisor, wait_until
@@ -28,6 +30,8 @@ from schemas.kafka import KafkaSettings, ensure_topics
 from schemas.topics import TopicNames, default_topics
 
 log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 120.0
 
 
 def _help(text: str) -> dict[str, str]:
@@ -145,20 +149,33 @@ class Up:
                 self.config.device,
             ],
         )
-        self.supervisor.start(
-            "serve",
-            [
-                *cli,
-                "serve",
-                *common,
-                "--budget-ms",
-                str(self.config.budget_ms),
-                "--device",
-                self.config.device,
-                "--metrics-port",
-                "0",
-            ],
+        self.metrics_port = free_port()
+        serve = ["--budget-ms", str(self.config.budget_ms), "--device", self.config.device]
+        serve += ["--metrics-port", str(self.metrics_port), "--metrics-host", "127.0.0.1"]
+        self.supervisor.start("serve", [*cli, "serve", *common, *serve])
+
+    def _serving_ready(self) -> bool:
+        """The inference service answers /healthz and owns every sensors partition."""
+        url = f"http://127.0.0.1:{self.metrics_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                health = json.loads(resp.read())
+        except (OSError, ValueError):
+            return False
+        return (
+            bool(health.get("ok")) and len(health.get("partitions", [])) == self.config.partitions
         )
+
+    def _wait_for_services(self) -> None:
+        _say("waiting for the inference service to join its consumer group ...")
+        ready = wait_until(
+            lambda: self._serving_ready() or bool(self.supervisor.failed()), READY_TIMEOUT_S
+        )
+        if not ready:
+            raise ConfigError(
+                f"the inference service was not ready after {READY_TIMEOUT_S:.0f}s; "
+                f"see {self.supervisor.log_dir}/serve.log"
+            )
 
     def _start_replay(self, bootstrap: str, log_path: str) -> None:
         self.supervisor.start(
@@ -203,6 +220,9 @@ class Up:
                 settings,
             )
             client.open()
+            self._wait_for_services()
+            if self._crashed():
+                return 1
             self._start_replay(bootstrap, log_path)
             self._watch(client)
         except KeyboardInterrupt:
@@ -211,6 +231,8 @@ class Up:
             raise
         finally:
             self.supervisor.stop_all()
+            if client is not None:
+                client.close()
             signal.signal(signal.SIGTERM, previous)
             if self.broker is not None and not self.config.keep_broker:
                 self.broker.stop()
@@ -253,7 +275,6 @@ class Up:
     def _finish(self, client: ReportClient | None) -> int:
         if client is None:
             return 1
-        client.close()
         report = client.build()
         print(format_table(report))
         _say(f"report, plots and logs in {self.run_dir}/")
