@@ -1,0 +1,298 @@
+"""End-to-end latency of `python -m inference`: frame produced -> its prediction consumed.
+
+For each rate, the same run first measures the raw two-hop Kafka floor (produce ->
+consume -> produce -> consume through an echo process doing no work), then the service
+(also its own process) on the same broker: p50/p99 of (prediction consumed - t_produce_ns),
+the fallback share by reason, and the pause caused by a model swap published mid-run
+(the serving loop's swap time from /metrics, and p99/max latency in the 2 s after it).
+
+    python bench/bench_e2e.py [--bootstrap HOST:PORT] [--rates 1000,5000] [--duration 8]
+
+Without --bootstrap a local broker (pipeline.broker) is started for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from schemas.envelope import encode_envelope, envelope_headers  # noqa: E402
+from schemas.headers import T_PRODUCE_NS, now_ns, read_stamp  # noqa: E402
+from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics  # noqa: E402
+from schemas.prediction import decode_prediction  # noqa: E402
+from schemas.sensor import SensorFrame, encode_frames, frame_headers  # noqa: E402
+from schemas.topics import TopicNames, TopicSpec, default_topics  # noqa: E402
+
+WARMUP_S = 1.0
+
+
+def echo_worker(bootstrap: str, src: str, dst: str) -> None:
+    """The floor's middle hop: consume and re-produce every record unchanged."""
+    settings = KafkaSettings(bootstrap=bootstrap)
+    with Consumer(settings, [src], f"echo-{src}") as c, Producer(settings) as p:
+        while not c.client.assignment():
+            c.poll(timeout_ms=50)
+        print("ready", flush=True)
+        while True:
+            for m in c.poll(timeout_ms=100, max_records=500):
+                p.send(dst, m.value, key=m.key, headers=m.headers)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load(
+    settings: KafkaSettings,
+    src: str,
+    dst: str,
+    rate: int,
+    duration: float,
+    at: tuple[float, Callable[[], None]] | None = None,
+) -> dict:
+    """Send frames at ``rate`` (vehicles at 10 Hz) and time their answers on ``dst``."""
+    vehicles = max(1, rate // 10)
+    total = int(rate * duration)
+    got: list[tuple[int, int, str, str]] = []  # (t_produce, t_recv, source, reason)
+    c = Consumer(settings, group_id=None)
+    c.assign(dst, sorted(c.partitions_for(dst)))
+    done = threading.Event()
+
+    def produce() -> None:
+        with Producer(settings) as p:
+            t0 = time.monotonic()
+            tick, sent = 0.005, 0
+            fired = at is None
+            while sent < total:
+                due = min(total, int((time.monotonic() - t0) * rate))
+                while sent < due:
+                    seq, v = divmod(sent, vehicles)
+                    heading = math.remainder(0.01 * v, 2 * math.pi)
+                    f = SensorFrame(
+                        f"v{v}",
+                        seq,
+                        10**9 + seq * 10**8,
+                        100 * math.cos(heading) + seq * math.cos(heading),
+                        seq * math.sin(heading),
+                        10.0,
+                        heading,
+                        0.0,
+                        0.0,
+                    )
+                    p.send(
+                        src, encode_frames([f]), key=f.vehicle_id, headers=frame_headers(now_ns())
+                    )
+                    sent += 1
+                if not fired and time.monotonic() - t0 >= at[0]:
+                    at[1]()
+                    fired = True
+                time.sleep(tick)
+        done.set()
+
+    t_start = now_ns()
+    threading.Thread(target=produce, daemon=True).start()
+    deadline = time.monotonic() + duration + 30
+    while len(got) < total and time.monotonic() < deadline:
+        for m in c.poll(timeout_ms=100, max_records=2000):
+            now = now_ns()
+            if m.topic.endswith("predictions"):
+                p = decode_prediction(m.value)
+                got.append((p.t_produce_ns, now, p.source, p.reason))
+            else:
+                got.append((read_stamp(m.headers, T_PRODUCE_NS), now, "echo", ""))
+    c.close()
+    done.wait(5)
+    steady = [g for g in got if g[0] - t_start > WARMUP_S * 1e9]
+    lat = np.array([r - p for p, r, _, _ in steady]) / 1e6
+    reasons: dict[str, int] = {}
+    for _, _, src_, reason in steady:
+        if src_ == "fallback":
+            reasons[reason] = reasons.get(reason, 0) + 1
+    out = {
+        "sent": total,
+        "answered": len(got),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+        "fallback_share": round(sum(reasons.values()) / max(1, len(steady)), 4),
+        "fallback_reasons": reasons,
+    }
+    if at is not None:
+        t_swap = t_start + at[0] * 1e9
+        near = np.array([r - p for p, r, _, _ in got if t_swap <= p < t_swap + 2e9]) / 1e6
+        if len(near):
+            out["after_swap_p99_ms"] = round(float(np.percentile(near, 99)), 2)
+            out["after_swap_max_ms"] = round(float(near.max()), 2)
+    return out
+
+
+def publish_model(settings: KafkaSettings, topic: str, version: int) -> None:
+    from tests.model_fixtures import cv_onnx, envelope
+
+    env = envelope(cv_onnx(offset_m=0.01 * version), version)
+    with Producer(settings) as p:
+        p.send(topic, encode_envelope(env), key=env.name, headers=envelope_headers())
+
+
+def scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def wait_health(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"inference exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            h = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2))
+            if h.get("model_version") == 1 and len(h.get("partitions", [])) == 4:
+                return h
+        time.sleep(0.2)
+    raise SystemExit("inference did not become ready")
+
+
+def run_rate(bootstrap: str, rate: int, args: argparse.Namespace) -> dict:
+    settings = KafkaSettings(bootstrap=bootstrap)
+    names = TopicNames(prefix=f"bench{uuid.uuid4().hex[:8]}-")
+    echo_in, echo_out = names.prefix + "echo-in", names.prefix + "echo-out"
+    ensure_topics(
+        settings,
+        [
+            *default_topics(4, names.prefix),
+            TopicSpec(name=echo_in, partitions=4),
+            TopicSpec(name=echo_out, partitions=4),
+        ],
+    )
+    py = sys.executable
+    echo = subprocess.Popen(
+        [
+            py,
+            __file__,
+            "--echo-worker",
+            "--bootstrap",
+            bootstrap,
+            "--src",
+            echo_in,
+            "--dst",
+            echo_out,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        echo.stdout.readline()
+        floor = load(settings, echo_in, echo_out, rate, args.duration)
+    finally:
+        echo.terminate()
+        echo.wait()
+    publish_model(settings, names.models, 1)
+    port = free_port()
+    cmd = [
+        py,
+        "-m",
+        "inference",
+        "--bootstrap",
+        bootstrap,
+        "--topic-prefix",
+        names.prefix,
+        "--metrics-port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
+        "--log-level",
+        "WARNING",
+        "--budget-ms",
+        str(args.budget_ms),
+        "--max-batch",
+        str(args.max_batch),
+        "--device",
+        args.device,
+    ]
+    serve = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        health = wait_health(port, serve)
+        swap_at = args.duration / 2
+        res = load(
+            settings,
+            names.sensors,
+            names.predictions,
+            rate,
+            args.duration,
+            at=(swap_at, lambda: publish_model(settings, names.models, 2)),
+        )
+        metrics = scrape(port)
+    finally:
+        serve.terminate()
+        serve.wait(30)
+    m = re.search(r"swap_pause_seconds_sum ([0-9.e+-]+)", metrics)
+    n = re.search(r"swap_pause_seconds_count ([0-9.e+-]+)", metrics)
+    v = re.search(r"model_version ([0-9.e+-]+)", metrics)
+    res["swap_loop_pause_ms"] = (
+        round(float(m.group(1)) * 1e3 / max(1, float(n.group(1))), 4) if m and n else None
+    )
+    res["swaps"] = int(float(n.group(1))) if n else 0
+    res["serving_version_after"] = int(float(v.group(1))) if v else None
+    res["provider"] = health.get("provider")
+    return {"rate": rate, "floor_two_hop": floor, "service": res}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", default=os.environ.get("DRIVESTREAM_BOOTSTRAP"))
+    parser.add_argument("--rates", default="1000,5000")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--budget-ms", type=float, default=50.0)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--echo-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--src", help=argparse.SUPPRESS)
+    parser.add_argument("--dst", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_worker:
+        echo_worker(args.bootstrap, args.src, args.dst)
+        return
+    with contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            from pipeline.broker import BrokerConfig, LocalBroker
+
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            bootstrap = stack.enter_context(
+                LocalBroker(BrokerConfig(data_dir=Path(tmp), port=0))
+            ).bootstrap
+        for rate in (int(r) for r in args.rates.split(",")):
+            row = run_rate(bootstrap, rate, args)
+            f, s = row["floor_two_hop"], row["service"]
+            print(
+                f"rate {rate}/s: e2e p50 {s['p50_ms']} p99 {s['p99_ms']} ms | two-hop floor "
+                f"p50 {f['p50_ms']} p99 {f['p99_ms']} ms | fallback {s['fallback_share']:.1%} "
+                f"{s['fallback_reasons']} | swap: loop pause {s['swap_loop_pause_ms']} ms, "
+                f"p99 {s.get('after_swap_p99_ms')} / max {s.get('after_swap_max_ms')} ms in 2 s "
+                f"after | answered {s['answered']}/{s['sent']}",
+                flush=True,
+            )
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Serving configuration: one frozen dataclass, every field a CLI flag with an env twin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas import topics
+from schemas.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """How `drivestream serve` consumes, batches, infers, falls back and publishes."""
+
+    bootstrap: str = field(default="127.0.0.1:9092", metadata=_help("Kafka bootstrap host:port"))
+    topic_prefix: str = field(default="", metadata=_help("prefix of every topic name"))
+    group_id: str = field(
+        default="drivestream-inference", metadata=_help("consumer group shared by instances")
+    )
+    model_name: str = field(default="", metadata=_help("serve only this model name ('' = any)"))
+    max_batch: int = field(default=64, metadata=_help("largest micro-batch across vehicles"))
+    max_wait_us: int = field(
+        default=2000, metadata=_help("longest a frame waits for its batch to fill, microseconds")
+    )
+    budget_ms: float = field(
+        default=50.0, metadata=_help("latency budget per frame after its t_produce_ns")
+    )
+    safety_margin_ms: float = field(
+        default=3.0, metadata=_help("time kept back for publishing when judging the budget")
+    )
+    device: str = field(default="auto", metadata=_help("auto | cpu | cuda"))
+    intra_op_threads: int = field(default=1, metadata=_help("ONNX Runtime intra-op threads (CPU)"))
+    metrics_port: int = field(
+        default=0, metadata=_help("Prometheus /metrics + /healthz port, 0=off")
+    )
+    metrics_host: str = field(default="0.0.0.0", metadata=_help("address the metrics server binds"))
+    commit_interval_ms: int = field(
+        default=1000, metadata=_help("how often to flush predictions and commit offsets")
+    )
+    max_poll_records: int = field(default=500, metadata=_help("records taken per consumer poll"))
+    reject_ratio: float = field(
+        default=1.5, metadata=_help("reject a model whose ADE > ratio * baseline ADE + margin")
+    )
+    reject_margin_m: float = field(default=0.5, metadata=_help("margin of that test, metres"))
+    min_truth_samples: int = field(
+        default=16, metadata=_help("ground-truth windows needed before comparing accuracy")
+    )
+    truth_capacity: int = field(default=512, metadata=_help("recent ground-truth windows kept"))
+    cv_yaw_eps: float = field(
+        default=1e-3, metadata=_help("|yaw rate| below this uses constant velocity, rad/s")
+    )
+    history_gap_s: float = field(
+        default=1.0, metadata=_help("a gap longer than this restarts a vehicle's history")
+    )
+    log_level: str = field(default="INFO", metadata=_help("DEBUG, INFO, WARNING or ERROR"))
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}"),
+            (self.max_wait_us >= 0, f"max_wait_us must be >= 0, got {self.max_wait_us}"),
+            (self.budget_ms > 0, f"budget_ms must be > 0, got {self.budget_ms}"),
+            (self.safety_margin_ms >= 0, "safety_margin_ms must be >= 0"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
+            (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
+            (0 <= self.metrics_port < 65536, f"metrics_port must be 0..65535: {self.metrics_port}"),
+            (self.commit_interval_ms >= 1, "commit_interval_ms must be >= 1"),
+            (self.max_poll_records >= 1, "max_poll_records must be >= 1"),
+            (self.reject_ratio >= 1.0, f"reject_ratio must be >= 1, got {self.reject_ratio}"),
+            (self.reject_margin_m >= 0, "reject_margin_m must be >= 0"),
+            (self.min_truth_samples >= 1, "min_truth_samples must be >= 1"),
+            (self.truth_capacity >= self.min_truth_samples, "truth_capacity < min_truth_samples"),
+            (self.cv_yaw_eps >= 0, "cv_yaw_eps must be >= 0"),
+            (self.history_gap_s > 0, "history_gap_s must be > 0"),
+            (bool(self.group_id), "group_id must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def sensors_topic(self) -> str:
+        return self.topic_prefix + topics.SENSORS
+
+    @property
+    def predictions_topic(self) -> str:
+        return self.topic_prefix + topics.PREDICTIONS
+
+    @property
+    def models_topic(self) -> str:
+        return self.topic_prefix + topics.MODELS
+
+    @property
+    def deadletter_topic(self) -> str:
+        return self.topic_prefix + topics.DEADLETTER
+
+    @property
+    def batch_shapes(self) -> tuple[int, ...]:
+        """Batch sizes the model runs at: powers of two up to max_batch, and max_batch."""
+        shapes = [1]
+        while shapes[-1] * 2 < self.max_batch:
+            shapes.append(shapes[-1] * 2)
+        if shapes[-1] != self.max_batch:
+            shapes.append(self.max_batch)
+        return tuple(shapes)
+
+    def padded(self, n: int) -> int:
+        """The warmed batch shape that holds ``n`` rows."""
+        for s in self.batch_shapes:
+            if s >= n:
+                return s
+        return self.max_batch

@@ -1,0 +1,149 @@
+"""Per-vehicle history windows in the model's input layout, and recent ground truth.
+
+Windows follow schemas.model_spec.InputSpec: float32 ``[history, 7]`` oldest first, with
+dt = frame time - newest frame time in seconds. Ground truth for swap validation: a few
+windows per vehicle are kept until the vehicle's position at every horizon has arrived,
+then the window and its interpolated future positions go into a small ring.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas.model_spec import InputSpec
+from schemas.sensor import SensorFrame
+
+NS = 1e9
+
+
+@dataclass(slots=True)
+class _Vehicle:
+    partition: int
+    rows: deque[tuple[float, ...]]
+    track: deque[tuple[int, float, float]]
+    pending: deque[tuple[int, np.ndarray]] = field(default_factory=deque)
+    last_seq: int = -1
+    last_t_ns: int = -1
+    count: int = 0
+
+
+class HistoryStore:
+    """History of every vehicle this instance owns; dropped per partition on rebalance."""
+
+    def __init__(
+        self,
+        spec: InputSpec,
+        gap_s: float = 1.0,
+        truth_capacity: int = 512,
+        truth_every: int = 5,
+    ) -> None:
+        self.spec = spec
+        self.gap_ns = int(gap_s * NS)
+        self.truth_every = truth_every
+        self._vehicles: dict[str, _Vehicle] = {}
+        self._truth: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=truth_capacity)
+        self._truth_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._vehicles)
+
+    def _track_len(self) -> int:
+        return int(self.spec.max_horizon_s * self.spec.rate_hz * 3) + self.spec.history + 8
+
+    def set_spec(self, spec: InputSpec) -> None:
+        """Adopt a new model's spec; longer windows keep what is there and warm up the rest."""
+        if spec == self.spec:
+            return
+        self.spec = spec
+        for v in self._vehicles.values():
+            v.rows = deque(v.rows, maxlen=spec.history)
+            v.track = deque(v.track, maxlen=self._track_len())
+            v.pending.clear()
+        with self._truth_lock:
+            self._truth.clear()
+
+    def add(self, f: SensorFrame, partition: int) -> str:
+        """Record a frame; returns 'ok', 'reset' (gap: history restarted) or 'out_of_order'."""
+        v = self._vehicles.get(f.vehicle_id)
+        if v is None:
+            v = _Vehicle(
+                partition,
+                deque(maxlen=self.spec.history),
+                deque(maxlen=self._track_len()),
+            )
+            self._vehicles[f.vehicle_id] = v
+        v.partition = partition
+        if f.seq <= v.last_seq or f.t_event_ns <= v.last_t_ns:
+            return "out_of_order"
+        status = "ok"
+        if v.last_t_ns >= 0 and f.t_event_ns - v.last_t_ns > self.gap_ns:
+            v.rows.clear()
+            v.track.clear()
+            v.pending.clear()
+            status = "reset"
+        v.last_seq, v.last_t_ns = f.seq, f.t_event_ns
+        v.rows.append(
+            (f.t_event_ns, f.x, f.y, f.speed, f.heading, f.yaw_rate, f.accel)  # type: ignore[arg-type]
+        )
+        v.track.append((f.t_event_ns, f.x, f.y))
+        v.count += 1
+        self._label(v)
+        if len(v.rows) == self.spec.history and v.count % self.truth_every == 0:
+            window = self._window(v)
+            v.pending.append((f.t_event_ns, window))
+        return status
+
+    def window(self, vehicle_id: str) -> np.ndarray | None:
+        """Model input ``[history, 7]`` ending at the newest frame, or None while warming up."""
+        v = self._vehicles.get(vehicle_id)
+        if v is None or len(v.rows) < self.spec.history:
+            return None
+        return self._window(v)
+
+    def _window(self, v: _Vehicle) -> np.ndarray:
+        arr = np.array(v.rows, dtype=np.float64)
+        arr[:, 0] = (arr[:, 0] - arr[-1, 0]) / NS
+        return arr.astype(np.float32)
+
+    def _label(self, v: _Vehicle) -> None:
+        """Turn pending windows whose longest horizon has arrived into ground truth."""
+        horizon_ns = int(self.spec.max_horizon_s * NS)
+        newest = v.track[-1][0]
+        while v.pending and v.pending[0][0] + horizon_ns <= newest:
+            t0, window = v.pending.popleft()
+            track = np.array(v.track, dtype=np.float64)
+            if track[0, 0] > t0:
+                continue
+            ts = (track[:, 0] - t0) / NS
+            h = np.asarray(self.spec.horizons_s)
+            target = np.stack([np.interp(h, ts, track[:, 1]), np.interp(h, ts, track[:, 2])], 1)
+            with self._truth_lock:
+                self._truth.append((window, target.astype(np.float32)))
+
+    def truth(self) -> tuple[np.ndarray, np.ndarray]:
+        """Snapshot of recent ground truth: windows ``[N, T, 7]`` and positions ``[N, K, 2]``."""
+        with self._truth_lock:
+            items = list(self._truth)
+        if not items:
+            k = len(self.spec.horizons_s)
+            return (
+                np.zeros((0, self.spec.history, 7), np.float32),
+                np.zeros((0, k, 2), np.float32),
+            )
+        return np.stack([w for w, _ in items]), np.stack([t for _, t in items])
+
+    def add_truth(self, windows: np.ndarray, targets: np.ndarray) -> None:
+        """Seed ground truth directly (tests, or a warm restart)."""
+        with self._truth_lock:
+            self._truth.extend(zip(windows, targets, strict=True))
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget vehicles last seen on ``partitions`` (revoked); returns how many."""
+        gone = [vid for vid, v in self._vehicles.items() if v.partition in partitions]
+        for vid in gone:
+            del self._vehicles[vid]
+        return len(gone)

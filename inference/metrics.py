@@ -1,0 +1,148 @@
+"""Prometheus metrics of one serving instance, and the /metrics + /healthz HTTP server.
+
+Each instance has its own registry, so several instances can live in one process (tests).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+#: Stage latency buckets, seconds: 100 µs .. 1 s.
+LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+STAGES = ("kafka_in", "queue", "infer", "publish", "service", "since_produce")
+
+
+class ServeMetrics:
+    """Counters, gauges and histograms the serving loop updates."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.stage_latency = Histogram(
+            "drivestream_inference_stage_seconds",
+            "Latency of each stage of one prediction",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "drivestream_inference_batch_size",
+            "Frames per model batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "drivestream_inference_predictions", "Predictions published", ["source"], registry=r
+        )
+        self.fallbacks = Counter(
+            "drivestream_inference_fallbacks", "Fallback answers by reason", ["reason"], registry=r
+        )
+        self.deadletters = Counter(
+            "drivestream_inference_deadletters", "Records sent to deadletter", registry=r
+        )
+        self.budget_misses = Counter(
+            "drivestream_inference_budget_misses",
+            "Predictions published after their budget",
+            ["source"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "drivestream_inference_model_version", "Serving model version (-1: none)", registry=r
+        )
+        self.model_version.set(-1)
+        self.swaps = Counter(
+            "drivestream_inference_swaps", "Model swap outcomes", ["outcome", "reason"], registry=r
+        )
+        self.swap_pause = Histogram(
+            "drivestream_inference_swap_pause_seconds",
+            "Time the serving loop spent swapping the model reference",
+            buckets=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1),
+            registry=r,
+        )
+        self.provider = Gauge(
+            "drivestream_inference_provider",
+            "1 for the ONNX Runtime execution provider in use",
+            ["provider"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "drivestream_inference_consumer_lag",
+            "Records behind the partition end",
+            ["partition"],
+            registry=r,
+        )
+        self.vehicles = Gauge(
+            "drivestream_inference_vehicles", "Vehicles with history here", registry=r
+        )
+
+        # children cached: labels() costs more than observe() on the hot path
+        self.stages = {s: self.stage_latency.labels(stage=s) for s in STAGES}
+        self.by_source = {s: self.predictions.labels(source=s) for s in ("model", "fallback")}
+
+    def set_provider(self, provider: str) -> None:
+        self.provider.clear()
+        self.provider.labels(provider=provider).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz on a background thread; ``port`` 0 means off."""
+
+    def __init__(self, metrics: ServeMetrics, health: Callable[[], dict], host: str, port: int):
+        self._metrics, self._health = metrics, health
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.host, self.port = host, port
+
+    def start(self) -> None:
+        if self.port == 0:
+            return
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    self._send(200, outer._metrics.render(), CONTENT_TYPE_LATEST)
+                elif self.path.startswith("/healthz"):
+                    state = outer._health()
+                    body = json.dumps(state).encode()
+                    self._send(200 if state.get("ok") else 503, body, "application/json")
+                else:
+                    self._send(404, b"try /metrics or /healthz\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

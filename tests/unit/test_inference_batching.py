@@ -1,0 +1,71 @@
+"""Micro-batching across vehicles and the batch shapes it runs at."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.batching import MicroBatcher, Pending
+from inference.config import ServeConfig
+from schemas.errors import ConfigError
+from schemas.sensor import SensorFrame
+
+
+def item(vid: str, t_consumed: int, partition: int = 0, offset: int = 0) -> Pending:
+    frame = SensorFrame(vid, 1, 1, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+    return Pending(frame, None, "s", partition, offset, 0, t_consumed, 10**12)
+
+
+def test_lone_frame_waits_at_most_max_wait() -> None:
+    b = MicroBatcher(max_batch=8, max_wait_ns=2_000_000)
+    assert not b.due(0) and b.wait_ns(0) is None
+    b.add(item("a", 1_000))
+    assert not b.due(1_000 + 1_999_999)
+    assert b.wait_ns(1_000 + 500_000) == 1_500_000
+    assert b.due(1_000 + 2_000_000)
+    assert [p.frame.vehicle_id for p in b.take()] == ["a"]
+    assert len(b) == 0
+
+
+def test_full_batch_is_due_at_once_and_capped() -> None:
+    b = MicroBatcher(max_batch=4, max_wait_ns=10**9)
+    for i in range(6):
+        b.add(item(f"v{i}", 0))
+    assert b.due(0) and b.wait_ns(0) == 0
+    first = b.take()
+    assert [p.frame.vehicle_id for p in first] == ["v0", "v1", "v2", "v3"]
+    assert len(b) == 2 and not b.due(1)
+
+
+def test_zero_wait_sends_every_frame_alone() -> None:
+    b = MicroBatcher(max_batch=64, max_wait_ns=0)
+    b.add(item("a", 5))
+    assert b.due(5)
+
+
+def test_commit_floor_and_revoke() -> None:
+    b = MicroBatcher(max_batch=8, max_wait_ns=10**9)
+    b.add(item("a", 0, partition=0, offset=7))
+    b.add(item("b", 0, partition=1, offset=3))
+    b.add(item("c", 0, partition=0, offset=9))
+    assert b.first_offsets() == {("s", 0): 7, ("s", 1): 3}
+    gone = b.drop_partitions({("s", 0)})
+    assert [p.frame.vehicle_id for p in gone] == ["a", "c"]
+    assert b.first_offsets() == {("s", 1): 3}
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "shapes"),
+    [(1, (1,)), (8, (1, 2, 4, 8)), (64, (1, 2, 4, 8, 16, 32, 64)), (48, (1, 2, 4, 8, 16, 32, 48))],
+)
+def test_batch_shapes_are_powers_of_two_up_to_max(max_batch: int, shapes: tuple) -> None:
+    cfg = ServeConfig(max_batch=max_batch)
+    assert cfg.batch_shapes == shapes
+    assert cfg.padded(3) == min(4, max_batch) or max_batch < 3
+    assert cfg.padded(max_batch) == max_batch
+
+
+def test_bad_config_says_what_to_fix() -> None:
+    with pytest.raises(ConfigError, match="max_batch"):
+        ServeConfig(max_batch=0)
+    with pytest.raises(ConfigError, match="device"):
+        ServeConfig(device="tpu")

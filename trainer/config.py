@@ -1,0 +1,134 @@
+"""Configuration of the trainer ranks and the parameter server (CLI flags + env twins)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.errors import ConfigError
+from schemas.kafka import KafkaSettings
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WindowConfig:
+    """How frames become samples: gap limits, lateness and the holdout split."""
+
+    max_history_gap_s: float = 0.35
+    """Skip a sample whose history has two consecutive frames further apart than this."""
+    max_label_gap_s: float = 0.5
+    """Skip a sample whose ground truth would be interpolated across a wider gap."""
+    allowed_lateness_s: float = 0.0
+    """Extra wait after the label time before emitting, so delayed frames can still land."""
+    max_frames: int = 256
+    """Per-vehicle buffer bound (frames)."""
+    holdout_fraction: float = 0.2
+    """Share of vehicles (by hash of vehicle_id) kept out of training for online eval."""
+
+    def __post_init__(self) -> None:
+        if self.max_history_gap_s <= 0 or self.max_label_gap_s <= 0:
+            raise ConfigError("max_history_gap_s and max_label_gap_s must be > 0")
+        if self.allowed_lateness_s < 0:
+            raise ConfigError(f"allowed_lateness_s must be >= 0, got {self.allowed_lateness_s}")
+        if self.max_frames < 8:
+            raise ConfigError(f"max_frames must be >= 8, got {self.max_frames}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One DDP trainer group: ``drivestream train --nproc N``."""
+
+    bootstrap: str = field(default="127.0.0.1:9092", metadata=_help("Kafka host:port list"))
+    topic_prefix: str = field(default="", metadata=_help("prefix of every topic name"))
+    group_id: str = field(
+        default="drivestream-trainer", metadata=_help("trainer group: commit id and PS tag")
+    )
+    nproc: int = field(default=1, metadata=_help("ranks (torchrun --nproc-per-node)"))
+    max_restarts: int = field(default=3, metadata=_help("torchrun elastic restarts"))
+    device: str = field(default="auto", metadata=_help("auto | cpu | cuda"))
+    checkpoint_dir: str = field(
+        default="./checkpoints", metadata=_help("where the trainer checkpoint lives")
+    )
+    duration_s: float = field(default=0.0, metadata=_help("stop after this long (0 = forever)"))
+    steps_per_s: float = field(default=20.0, metadata=_help("lockstep training cadence cap"))
+    batch_size: int = field(default=64, metadata=_help("samples per rank per step"))
+    fresh_fraction: float = field(
+        default=0.5, metadata=_help("share of a batch taken from the newest samples")
+    )
+    replay_capacity: int = field(default=20000, metadata=_help("replay buffer bound per rank"))
+    lr: float = field(default=2e-3, metadata=_help("Adam learning rate"))
+    sync_every_steps: int = field(
+        default=20, metadata=_help("push delta / pull weights every N steps")
+    )
+    status_every_s: float = field(default=10.0, metadata=_help("status line period"))
+    seed: int = field(default=0, metadata=_help("model init seed (must match the server's)"))
+    hidden: int = field(default=128, metadata=_help("MLP hidden width (must match the server)"))
+    max_history_gap_s: float = field(default=0.35, metadata=_help("history gap limit (s)"))
+    max_label_gap_s: float = field(default=0.5, metadata=_help("label interpolation gap (s)"))
+    allowed_lateness_s: float = field(default=0.0, metadata=_help("wait for late frames (s)"))
+    holdout_fraction: float = field(default=0.2, metadata=_help("vehicles held out for eval"))
+
+    def __post_init__(self) -> None:
+        KafkaSettings(bootstrap=self.bootstrap)  # raises ConfigError on a malformed list
+        if self.nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {self.nproc}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.steps_per_s <= 0 or self.batch_size < 1 or self.sync_every_steps < 1:
+            raise ConfigError("--steps-per-s, --batch-size and --sync-every-steps must be > 0")
+        if not 0.0 <= self.fresh_fraction <= 1.0:
+            raise ConfigError(f"--fresh-fraction must be in [0, 1], got {self.fresh_fraction}")
+        if self.replay_capacity < self.batch_size:
+            raise ConfigError("--replay-capacity must be >= --batch-size")
+        if self.lr <= 0 or self.hidden < 8 or self.duration_s < 0 or self.max_restarts < 0:
+            raise ConfigError("--lr must be > 0, --hidden >= 8, durations/restarts >= 0")
+        self.window()
+
+    def window(self) -> WindowConfig:
+        return WindowConfig(
+            max_history_gap_s=self.max_history_gap_s,
+            max_label_gap_s=self.max_label_gap_s,
+            allowed_lateness_s=self.allowed_lateness_s,
+            holdout_fraction=self.holdout_fraction,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PSConfig:
+    """The parameter server: ``drivestream ps``."""
+
+    bootstrap: str = field(default="127.0.0.1:9092", metadata=_help("Kafka host:port list"))
+    topic_prefix: str = field(default="", metadata=_help("prefix of every topic name"))
+    model_name: str = field(default="drivestream-mlp", metadata=_help("name on `models`"))
+    checkpoint_dir: str = field(default="./checkpoints", metadata=_help("server checkpoints"))
+    registry_dir: str = field(
+        default="./registry", metadata=_help("one .onnx + .json per exported version")
+    )
+    duration_s: float = field(default=0.0, metadata=_help("stop after this long (0 = forever)"))
+    max_staleness: int = field(default=8, metadata=_help("reject deltas staler than this"))
+    server_lr: float = field(default=1.0, metadata=_help("scale of every accepted delta"))
+    publish_every_s: float = field(default=0.2, metadata=_help("weights -> ps-weights period"))
+    checkpoint_every_s: float = field(default=5.0, metadata=_help("checkpoint period"))
+    export_every_s: float = field(default=5.0, metadata=_help("ONNX export period"))
+    export_every_versions: int = field(
+        default=0, metadata=_help("also export after this many new versions (0 = off)")
+    )
+    status_every_s: float = field(default=10.0, metadata=_help("status line period"))
+    seed: int = field(default=0, metadata=_help("model init seed (must match the trainers')"))
+    hidden: int = field(default=128, metadata=_help("MLP hidden width"))
+
+    def __post_init__(self) -> None:
+        KafkaSettings(bootstrap=self.bootstrap)
+        if not self.model_name:
+            raise ConfigError("--model-name must not be empty")
+        if self.max_staleness < 0 or self.server_lr <= 0:
+            raise ConfigError("--max-staleness must be >= 0 and --server-lr > 0")
+        periods = (self.publish_every_s, self.checkpoint_every_s, self.export_every_s)
+        if min(periods) <= 0 or self.status_every_s <= 0:
+            raise ConfigError("publish/checkpoint/export/status periods must be > 0 seconds")
+        if self.export_every_versions < 0 or self.duration_s < 0 or self.hidden < 8:
+            raise ConfigError("--export-every-versions/--duration-s >= 0 and --hidden >= 8")

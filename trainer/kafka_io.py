@@ -1,0 +1,133 @@
+"""Kafka side of a trainer rank: its sensors partitions and rank 0's link to the server."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import TopicPartition
+
+from schemas.errors import ConfigError, ValidationError
+from schemas.kafka import Consumer, KafkaSettings, Producer
+from schemas.sensor import SensorFrame, check_frame_headers, decode_frames
+from trainer import wire
+
+log = logging.getLogger(__name__)
+
+
+def owned_partitions(partitions: set[int], rank: int, world: int) -> list[int]:
+    """Decision 4: rank r owns the partitions p with p % world == r."""
+    return sorted(p for p in partitions if p % world == rank)
+
+
+def wait_partitions(consumer: Consumer, topic: str, timeout_s: float = 30.0) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = consumer.partitions_for(topic)
+        if parts:
+            return parts
+        if time.monotonic() > deadline:
+            raise ConfigError(f"topic {topic!r} not found; create it (drivestream topics) first")
+        time.sleep(0.2)
+
+
+class KafkaFrameSource:
+    """Reads this rank's sensors partitions by manual assignment.
+
+    Starts from ``offsets`` (the checkpoint's) where given, else the group's committed
+    offsets, else the earliest. Invalid records are skipped and counted: the inference
+    service is the stage that dead-letters them.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        group_id: str,
+        rank: int,
+        world: int,
+        offsets: dict[int, int] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.invalid = 0
+        self._consumer = Consumer(settings, group_id=group_id)
+        self.partitions = owned_partitions(wait_partitions(self._consumer, topic), rank, world)
+        self._pos: dict[int, int] = {}
+        if self.partitions:
+            self._consumer.assign(topic, self.partitions)
+            client = self._consumer.client
+            for p in self.partitions:
+                start = (offsets or {}).get(p)
+                if start is None:
+                    start = client.committed(TopicPartition(topic, p))
+                if start is not None:
+                    self._consumer.seek(topic, p, start)
+                    self._pos[p] = start
+
+    def poll(self, timeout_s: float) -> list[tuple[list[SensorFrame], int]]:
+        if not self.partitions:
+            time.sleep(timeout_s)
+            return []
+        out = []
+        for msg in self._consumer.poll(int(timeout_s * 1000), max_records=5000):
+            self._pos[msg.partition] = msg.offset + 1
+            try:
+                produced = check_frame_headers(msg.headers)
+                out.append((decode_frames(msg.value), produced))
+            except ValidationError as exc:
+                self.invalid += 1
+                log.debug("skipping invalid sensors record at %s: %s", msg.offset, exc)
+        return out
+
+    def positions(self) -> dict[int, int]:
+        return dict(self._pos)
+
+    def commit(self) -> None:
+        if self._pos:
+            self._consumer.commit({(self.topic, p): o for p, o in self._pos.items()})
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaPSLink:
+    """Pushes deltas to ps-updates (one partition: a total order) and tails ps-weights."""
+
+    def __init__(self, settings: KafkaSettings, updates_topic: str, weights_topic: str) -> None:
+        self.updates_topic = updates_topic
+        self._producer = Producer(settings)
+        self._consumer = Consumer(settings, group_id=None)
+        wait_partitions(self._consumer, weights_topic)
+        tp = TopicPartition(weights_topic, 0)
+        self._consumer.assign(weights_topic, [0])
+        end = self._consumer.client.end_offsets([tp])[tp]
+        self._consumer.seek(weights_topic, 0, max(0, end - 1))  # newest weights only
+        self._latest: wire.Weights | None = None
+
+    def push(self, delta: wire.Delta) -> None:
+        self._producer.send(
+            self.updates_topic,
+            wire.encode_delta(delta),
+            key=delta.group,
+            headers=wire.delta_headers(),
+            partition=0,
+        )
+
+    def latest(self) -> wire.Weights | None:
+        newest = None
+        for msg in self._consumer.poll(0):
+            newest = msg
+        if newest is not None:
+            try:
+                wire.check_weights_headers(newest.headers)
+                w = wire.decode_weights(newest.value)
+            except ValidationError as exc:
+                log.warning("ignoring unreadable ps-weights record %s: %s", newest.offset, exc)
+            else:
+                if self._latest is None or w.version >= self._latest.version:
+                    self._latest = w
+        return self._latest
+
+    def close(self) -> None:
+        self._producer.close()
+        self._consumer.close()

@@ -1,0 +1,295 @@
+"""The lockstep DDP training loop of one rank, independent of Kafka.
+
+Every step, every rank: ingests what its source has, scores new samples with the current
+model before training on them (test-then-train), then runs one collective step on a batch
+from its replay buffer. A rank with no data contributes a zero-weight batch, and the
+decision to step (and to stop) is taken from an all-reduced count, so uneven partitions
+never hang a collective. Every ``sync_every_steps`` rank 0 pushes the group's delta to the
+parameter server, pulls the newest weights and broadcasts them; it also checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from schemas.model_spec import InputSpec
+from schemas.sensor import SensorFrame
+from trainer import metrics as m
+from trainer.checkpoint import CheckpointError, read_if_exists, write_atomic
+from trainer.config import TrainConfig
+from trainer.model import build_model, displacement_loss, load_trainable, trainable_state
+from trainer.replay import ReplayBuffer
+from trainer.windowing import Windower, stack
+from trainer.wire import Delta, Tensors, Weights
+
+log = logging.getLogger(__name__)
+
+METRICS_DECAY = 0.97
+"""Per-sync decay of the online error sums (about a 20-sync half-life)."""
+IDLE_VEHICLE_NS = 60 * 1_000_000_000
+"""A vehicle silent this long (sensor clock) loses its window buffer."""
+
+
+class FrameSource(Protocol):
+    """Where a rank's frames come from (Kafka partitions in production, lists in tests)."""
+
+    def poll(self, timeout_s: float) -> list[tuple[list[SensorFrame], int]]:
+        """Records as (frames, t_produce_ns); may return early or empty."""
+        ...
+
+    def positions(self) -> dict[int, int]:
+        """Next offset per owned partition."""
+        ...
+
+    def commit(self) -> None: ...
+
+
+class PSLink(Protocol):
+    """Rank 0's channel to the parameter server."""
+
+    def push(self, delta: Delta) -> None: ...
+
+    def latest(self) -> Weights | None:
+        """Newest weights received so far (non-blocking)."""
+        ...
+
+
+@dataclass
+class Counters:
+    steps: int = 0
+    samples: int = 0
+    scored: int = 0
+    pushes: int = 0
+    pulls: int = 0
+    empty_steps: int = 0
+
+
+class TrainLoop:
+    """One rank of a trainer group; call :meth:`run` (or :meth:`step` in tests)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        spec: InputSpec,
+        source: FrameSource,
+        link: PSLink | None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.cfg, self.spec, self.source, self.link = cfg, spec, source, link
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = device or torch.device("cpu")
+        self.model = build_model(spec, cfg.hidden, cfg.seed).to(self.device)
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.windower = Windower(spec, cfg.window())
+        self.replay = ReplayBuffer(spec, cfg.replay_capacity, seed=cfg.seed + self.rank)
+        self.metrics = m.OnlineMetrics(spec.horizons_s)
+        self.counters = Counters()
+        self.base_version = 0
+        self.anchor: Tensors = trainable_state(self.model)
+        self.group_metrics: dict[str, float] = {}
+        self._label_ns = 0
+        self._label_produce_ns = 0
+        self._samples_since_sync = 0
+        self.ckpt_path = Path(cfg.checkpoint_dir) / f"trainer-{cfg.group_id}.pt"
+        self.resumed_offsets: dict[int, int] = {}
+        self._restore_or_pull()
+        self.ddp = DDP(self.model)  # broadcasts rank 0's parameters to every rank
+
+    # ---- setup ----------------------------------------------------------------------------
+
+    def _restore_or_pull(self) -> None:
+        """Rank 0 picks the starting point (checkpoint, else newest server weights)."""
+        payload: list[Any] = [None]
+        if self.rank == 0:
+            raw = read_if_exists(self.ckpt_path)
+            if raw is not None:
+                try:
+                    payload[0] = torch.load(io.BytesIO(raw), weights_only=True)
+                except Exception as exc:  # torch raises many types for a torn/foreign file
+                    raise CheckpointError(
+                        f"cannot load {self.ckpt_path}: {exc}; move it away to start fresh"
+                    ) from exc
+                log.info("resuming from %s", self.ckpt_path)
+        dist.broadcast_object_list(payload, src=0)
+        ckpt = payload[0]
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.optim.load_state_dict(ckpt["optim"])
+            self.base_version = int(ckpt["base_version"])
+            self.anchor = {k: v.numpy() for k, v in ckpt["anchor"].items()}
+            self.counters.steps = int(ckpt["steps"])
+            self.counters.samples = int(ckpt["samples"])
+            self.resumed_offsets = {int(p): int(o) for p, o in ckpt["offsets"].items()}
+        self._pull()
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def ingest(self, deadline: float) -> None:
+        """Poll the source until ``deadline``; score and buffer the samples completed."""
+        new = []
+        while True:
+            left = deadline - time.monotonic()
+            for frames, produced in self.source.poll(max(0.0, left)):
+                new.extend(self.windower.add_many(frames, produced))
+            if left <= 0:
+                break
+        if not new:
+            return
+        windows, targets = stack(new)
+        holdout = np.array([s.holdout for s in new])
+        with torch.no_grad():
+            self.model.eval()
+            pred = self.model(torch.from_numpy(windows).to(self.device)).cpu().numpy()
+        preds = {
+            "model": pred,
+            "cv": m.constant_velocity(windows, self.spec.horizons_s),
+            "ctrv": m.ctrv(windows, self.spec.horizons_s),
+        }
+        self.metrics.update(holdout, targets, preds)
+        self.counters.scored += len(new)
+        self.replay.add([s for s in new if not s.holdout])
+
+    def step(self, stop: bool = False) -> bool:
+        """One lockstep training step; returns True when any rank asked to stop."""
+        batch = self.replay.sample(self.cfg.batch_size, self.cfg.fresh_fraction)
+        n_local = len(batch)
+        flags = torch.tensor([float(n_local), float(stop)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(flags)
+        n_total, stop_any = int(flags[0].item()), flags[1].item() > 0
+        if n_total > 0:
+            if n_local:
+                x = torch.from_numpy(batch.windows).to(self.device)
+                y = torch.from_numpy(batch.targets).to(self.device)
+                w = torch.ones(n_local, device=self.device)
+            else:  # zero-weight batch: joins the gradient all-reduce, changes nothing
+                x = torch.zeros(1, self.spec.history, len(self.spec.features), device=self.device)
+                y = torch.zeros(1, len(self.spec.horizons_s), 2, device=self.device)
+                w = torch.zeros(1, device=self.device)
+            self.ddp.train()
+            # DDP averages gradients over ranks; scale so the result is the global mean
+            loss = displacement_loss(self.ddp(x), y, w) * (self.world / n_total)
+            self.optim.zero_grad(set_to_none=False)
+            loss.backward()
+            self.optim.step()
+        else:
+            self.counters.empty_steps += 1
+        self.counters.steps += 1
+        self._samples_since_sync += batch.fresh
+        self._label_ns = max(self._label_ns, batch.label_ns)
+        self._label_produce_ns = max(self._label_produce_ns, batch.label_produce_ns)
+        if self.counters.steps % self.cfg.sync_every_steps == 0 or stop_any:
+            self.sync()
+        return stop_any
+
+    # ---- sync with the parameter server ---------------------------------------------------
+
+    def sync(self) -> None:
+        """Gather group stats, push the delta, pull newer weights, checkpoint, commit."""
+        stats = torch.tensor(
+            [self._label_ns, self._label_produce_ns], dtype=torch.int64, device=self.device
+        )
+        dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+        samples = torch.tensor([self._samples_since_sync], dtype=torch.int64, device=self.device)
+        dist.all_reduce(samples)
+        err = torch.from_numpy(self.metrics.to_array()).to(self.device)
+        dist.all_reduce(err)
+        offsets: list[Any] = [None] * self.world
+        dist.all_gather_object(offsets, self.source.positions())
+        group = m.OnlineMetrics(self.spec.horizons_s)
+        group.add_array(err.cpu().numpy())
+        self.group_metrics = group.summary()
+        self.metrics.decay(METRICS_DECAY)
+        self._samples_since_sync = 0
+        self.windower.evict_idle(self.windower.newest_ns - IDLE_VEHICLE_NS)
+        merged = {int(p): int(o) for part in offsets for p, o in part.items()}
+        self.counters.samples += int(samples.item())
+        if self.rank == 0 and self.link is not None:
+            current = trainable_state(self.model)
+            delta = {k: current[k] - self.anchor[k] for k in current}
+            self.link.push(
+                Delta(
+                    group=self.cfg.group_id,
+                    base_version=self.base_version,
+                    tensors=delta,
+                    steps=self.cfg.sync_every_steps,
+                    samples=int(samples.item()),
+                    trained_until_ns=int(stats[0].item()),
+                    trained_until_produce_ns=int(stats[1].item()),
+                    sensor_offsets=merged,
+                    metrics=self.group_metrics,
+                )
+            )
+            self.counters.pushes += 1
+            self.anchor = current  # what was pushed must never be pushed again
+        self._pull()
+        if self.rank == 0:
+            self._checkpoint(merged)
+        self.source.commit()
+
+    def _pull(self) -> None:
+        """Rank 0 offers newer server weights; every rank loads the same ones."""
+        payload: list[Any] = [None]
+        if self.rank == 0 and self.link is not None:
+            w = self.link.latest()
+            if w is not None and w.version > self.base_version:
+                payload[0] = (w.version, w.tensors)
+        dist.broadcast_object_list(payload, src=0)
+        if payload[0] is not None:
+            version, tensors = payload[0]
+            load_trainable(self.model, tensors)
+            self.anchor = {k: np.array(v, dtype=np.float32) for k, v in tensors.items()}
+            self.base_version = int(version)
+            self.counters.pulls += 1
+
+    def _checkpoint(self, offsets: dict[int, int]) -> None:
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optim": self.optim.state_dict(),
+                "base_version": self.base_version,
+                "anchor": {k: torch.from_numpy(v) for k, v in self.anchor.items()},
+                "steps": self.counters.steps,
+                "samples": self.counters.samples,
+                "offsets": offsets,
+            },
+            buf,
+        )
+        write_atomic(self.ckpt_path, buf.getvalue())
+
+    # ---- driver ---------------------------------------------------------------------------
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Step at ``steps_per_s`` until any rank's ``should_stop()`` or the duration ends."""
+        period = 1.0 / self.cfg.steps_per_s
+        start = last_status = time.monotonic()
+        while True:
+            self.ingest(time.monotonic() + period)
+            over = self.cfg.duration_s > 0 and time.monotonic() - start >= self.cfg.duration_s
+            if self.step(stop=should_stop() or over):
+                break
+            if self.rank == 0 and time.monotonic() - last_status >= self.cfg.status_every_s:
+                last_status = time.monotonic()
+                log.info("%s", self.status_line())
+
+    def status_line(self) -> str:
+        g = self.group_metrics
+        h = f"{self.spec.max_horizon_s:g}"
+        fde = "/".join(f"{g.get(f'holdout.{p}.fde@{h}', float('nan')):.2f}" for p in m.PREDICTORS)
+        return (
+            f"train rank=0/{self.world} steps={self.counters.steps} "
+            f"samples={self.counters.samples} version={self.base_version} "
+            f"buffer={len(self.replay)} vehicles={len(self.windower)} "
+            f"holdout_fde@{h}s model/cv/ctrv={fde}"
+        )
