@@ -183,6 +183,10 @@ class ReportClient:
             "accuracy": accuracy_summary(received, self.frames, self.truth()),
             "truth_source": self.config.truth or "sensor positions (noisy GNSS)",
             "undecodable_predictions": self.undecodable,
+            "frames_seen": len(self.frames),
+            "frames_unanswered": len(
+                self.frames.keys() - {(r.prediction.vehicle_id, r.prediction.seq) for r in received}
+            ),
             "duplicates": len(received)
             - len({(r.prediction.vehicle_id, r.prediction.seq) for r in received}),
         }

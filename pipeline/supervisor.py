@@ -64,8 +64,13 @@ class Supervisor:
         return [c for c in self.children if c.proc.poll() not in (None, 0)]
 
     def stop(self, child: Child, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM the child's process group, SIGKILL it after ``timeout_s``."""
-        _signal_group(child.proc.pid, signal.SIGTERM)
+        """SIGTERM the child, then SIGKILL whatever is left of its process group.
+
+        Only the leader gets SIGTERM: launchers such as torchrun forward it to their workers
+        and shut down cleanly, which a group-wide signal would interrupt.
+        """
+        if child.running:
+            child.proc.send_signal(signal.SIGTERM)
         try:
             child.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:

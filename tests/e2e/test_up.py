@@ -1,0 +1,87 @@
+"""`drivestream up` as the user runs it, checked from the outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def test_up_answers_every_frame_serves_models_reports_and_leaves_nothing(tmp_path):
+    run_dir = tmp_path / "runs"
+    env = {
+        **os.environ,
+        "DRIVESTREAM_BROKER_DIR": str(tmp_path / "broker"),
+        "DRIVESTREAM_BROKER_PORT": "0",
+    }
+    env.pop("DRIVESTREAM_BOOTSTRAP", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "up",
+            "--duration-s",
+            "75",
+            "--vehicles",
+            "6",
+            "--export-every-s",
+            "5",
+            "--run-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    logs = done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.returncode == 0, logs
+    (report_path,) = run_dir.glob("*/report/report.json")
+    report = json.loads(report_path.read_text())
+
+    # Every replayed frame got exactly one prediction.
+    assert report["frames_seen"] > 6 * 70 * 10 * 0.9, logs
+    assert report["frames_unanswered"] == 0, logs
+    assert report["latency"]["count"] == report["frames_seen"], logs
+    assert report["duplicates"] == 0
+    # At least two model versions were served, after the physics fallback.
+    assert len(report["models"]["model_versions_served"]) >= 2, report["models"]
+    # The report holds latency and accuracy.
+    assert report["latency"]["end_to_end_ms"]["p50"] > 0
+    assert set(report["latency"]["stages_ms"]) == {
+        "kafka_in",
+        "queue",
+        "compute",
+        "publish",
+        "kafka_out",
+    }
+    assert report["accuracy"]["scored"] > 1000
+    assert report["accuracy"]["served"]["per_horizon_m"]["3s"] > 0
+    assert (report_path.parent / "latency_cdf.png").exists()
+    assert "end-to-end" in done.stdout
+    # No child (services, torchrun ranks, broker JVM) outlives `up`.
+    assert processes_mentioning(str(tmp_path)) == []
