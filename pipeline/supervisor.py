@@ -42,7 +42,8 @@ class Supervisor:
         self.children: list[Child] = []
         self._env = {**os.environ, **(env or {})}
 
-    def start(self, name: str, argv: Sequence[str]) -> Child:
+    def start(self, name: str, argv: Sequence[str], nice: int = 0) -> Child:
+        """Start ``argv`` logging to ``<log_dir>/<name>.log``; ``nice`` lowers its priority."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as out:

@@ -32,6 +32,9 @@ from schemas.topics import TopicNames, default_topics
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120.0
+#: Training and the parameter server yield the CPU to the latency-critical path
+#: (replay -> inference -> report) when they share a machine.
+BACKGROUND_NICE = 10
 
 
 def _help(text: str) -> dict[str, str]:
@@ -134,6 +137,7 @@ class Up:
                 "--export-every-s",
                 str(self.config.export_every_s),
             ],
+            nice=BACKGROUND_NICE,
         )
         self.supervisor.start(
             "train",
@@ -148,6 +152,7 @@ class Up:
                 "--device",
                 self.config.device,
             ],
+            nice=BACKGROUND_NICE,
         )
         self.metrics_port = free_port()
         serve = ["--budget-ms", str(self.config.budget_ms), "--device", self.config.device]
