@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.errors import ConfigError
+from schemas.stats import percentile
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,5 @@ class LagStats:
 
 
 def _percentile_ms(samples: list[int], q: float) -> float | None:
-    if not samples:
-        return None
-    return float(np.percentile(np.asarray(samples, dtype=np.int64), q)) / 1e6
+    value = percentile(samples, q)
+    return None if value is None else value / 1e6

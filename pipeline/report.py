@@ -9,7 +9,6 @@ were actually observed.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 from schemas.kinematics import displacement_errors, predict_ctrv, predict_cv
 from schemas.prediction import Prediction
 from schemas.sensor import SensorFrame
+from schemas.stats import nearest_rank
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 STAGES = ("kafka_in", "queue", "compute", "publish", "kafka_out")
@@ -32,11 +32,8 @@ def percentiles_ms(values_ns: Iterable[float]) -> dict[str, float]:
     arr = np.asarray(list(values_ns), dtype=np.float64) / 1e6
     if arr.size == 0:
         return {}
-    arr.sort()
-    # Nearest rank: the smallest value with at least p % of the values at or below it
-    # (rounded first so that 99.9 % of 1000 is rank 999, not 1000 by float error).
-    ranks = [max(1, math.ceil(round(p / 100 * arr.size, 6))) for p in PERCENTILES]
-    out = {f"p{p:g}": float(arr[k - 1]) for p, k in zip(PERCENTILES, ranks, strict=True)}
+    values = nearest_rank(arr, PERCENTILES)
+    out = {f"p{p:g}": v for p, v in zip(PERCENTILES, values, strict=True)}
     out["max"] = float(arr.max())
     out["mean"] = float(arr.mean())
     return out

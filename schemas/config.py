@@ -22,6 +22,11 @@ T = TypeVar("T")
 ENV_PREFIX = "DRIVESTREAM_"
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its ``--help`` text: ``rate: float = setting(10.0, "frames/s")``."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 

@@ -119,11 +119,18 @@ class Message:
 
 
 class Producer:
-    """Lazy, flush-on-close producer of raw bytes; ``send`` never flushes."""
+    """Lazy, flush-on-close producer of raw bytes; ``send`` never flushes.
+
+    Delivery failures are counted in ``failures`` (and logged): a caller that commits input
+    offsets after a flush compares the count before and after, so a lost record is never
+    committed past.
+    """
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         self._config = {**PRODUCER_DEFAULTS, **settings.client_config(), **overrides}
         self._producer: KafkaProducer | None = None
+        self.failures = 0
+        self.last_error: BaseException | None = None
 
     @property
     def client(self) -> KafkaProducer:
@@ -145,8 +152,14 @@ class Producer:
         future = self.client.send(
             topic, value=value, key=key, headers=headers or [], partition=partition
         )
-        future.add_errback(_log_send_error, topic)
+        future.add_errback(self._on_error, topic)
         return future
+
+    def _on_error(self, topic: str, exc: BaseException) -> None:
+        # kafka-python calls errbacks with the registered args first, the exception last.
+        self.failures += 1
+        self.last_error = exc
+        log.error("send to %s failed: %s", topic, exc)
 
     def partitions_for(self, topic: str) -> set[int]:
         return self.client.partitions_for(topic) or set()
@@ -168,10 +181,6 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _log_send_error(exc: BaseException, topic: str) -> None:
-    log.error("send to %s failed: %s", topic, exc)
 
 
 class Consumer:

@@ -35,6 +35,9 @@ class InputSpec:
     """Nominal sensor rate the model was trained at."""
     horizons_s: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
     """Prediction horizons in seconds after the newest frame."""
+    max_gap_s: float = 0.35
+    """Largest time between consecutive frames inside a window. The trainer never learns
+    from windows with a wider gap, so serving must not feed them to the model either."""
     features: tuple[str, ...] = field(default=FEATURES)
 
     def __post_init__(self) -> None:
@@ -44,6 +47,8 @@ class InputSpec:
             raise ValueError(f"horizons_s must be positive, got {self.horizons_s}")
         if list(self.horizons_s) != sorted(self.horizons_s):
             raise ValueError(f"horizons_s must be increasing, got {self.horizons_s}")
+        if self.max_gap_s <= 0:
+            raise ValueError(f"max_gap_s must be > 0, got {self.max_gap_s}")
         if self.features != FEATURES:
             raise ValueError(f"features must be {FEATURES}, got {self.features}")
 
@@ -61,6 +66,7 @@ class InputSpec:
             history=int(raw["history"]),
             rate_hz=float(raw["rate_hz"]),
             horizons_s=tuple(float(h) for h in raw["horizons_s"]),
+            max_gap_s=float(raw.get("max_gap_s", cls.max_gap_s)),
             features=tuple(raw["features"]),
         )
 

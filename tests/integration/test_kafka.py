@@ -80,3 +80,13 @@ def test_ensure_topics_is_idempotent_and_applies_configs(kafka_settings):
             5 * 1024 * 1024
         )  # over the broker's 1 MiB default: passes only by the topic's config
         producer.send(names.models, big, key="m").get(timeout=30)
+
+
+def test_failed_deliveries_are_counted(kafka_settings, topic_factory):
+    topic = topic_factory()  # broker default: at most ~1 MiB per record
+    with Producer(kafka_settings, max_request_size=8 * 1024 * 1024) as producer:
+        producer.send(topic, b"small")
+        producer.send(topic, b"x" * (3 * 1024 * 1024))
+        producer.flush()
+        assert producer.failures == 1
+        assert "MessageSizeTooLarge" in type(producer.last_error).__name__
