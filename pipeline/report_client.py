@@ -25,7 +25,7 @@ from pipeline.report import (
 from schemas.errors import CodecError, ConfigError, ValidationError
 from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Message
-from schemas.prediction import decode_prediction
+from schemas.prediction import check_prediction_headers, decode_prediction
 from schemas.sensor import SensorFrame, decode_frames
 from schemas.topics import TopicNames
 
@@ -71,6 +71,7 @@ class ReportClient:
         self.received: list[Received] = []
         self.frames: dict[tuple[str, int], SensorFrame] = {}
         self.undecodable = 0
+        self.invalid_frames = 0
         self._recent: deque[int] = deque(maxlen=2000)
         self._lock = threading.Lock()
         self._predictions: Consumer | None = None
@@ -103,8 +104,9 @@ class ReportClient:
         got = 0
         for m in messages:
             try:
+                check_prediction_headers(m.headers)
                 p = decode_prediction(m.value)
-            except (CodecError, ValidationError, UnicodeDecodeError):
+            except (CodecError, ValidationError):
                 self.undecodable += 1
                 continue
             with self._lock:
@@ -117,10 +119,17 @@ class ReportClient:
     def _take_frames(self, messages: list[Message]) -> None:
         for m in messages:
             try:
-                for f in decode_frames(m.value, validate=False):
-                    self.frames[(f.vehicle_id, f.seq)] = f
-            except (CodecError, ValidationError, UnicodeDecodeError):
-                continue  # the inference service dead-letters these; nothing to score
+                frames = decode_frames(m.value)
+            except (CodecError, ValidationError):
+                self.invalid_frames += 1  # dead-lettered by the service: nothing to answer
+                continue
+            for f in frames:
+                self.frames[(f.vehicle_id, f.seq)] = f
+
+    def answered(self) -> set[tuple[str, int]]:
+        """(vehicle_id, seq) of every frame that got at least one prediction."""
+        with self._lock:
+            return {(r.prediction.vehicle_id, r.prediction.seq) for r in self.received}
 
     def catch_up_frames(self, timeout_s: float = 10.0) -> None:
         """Read ``sensors`` up to its current end so every answered frame can be scored."""
@@ -177,18 +186,22 @@ class ReportClient:
         """The report as a dict; also written to out_dir (JSON, PNGs) when out_dir is set."""
         with self._lock:
             received = list(self.received)
+        answered = self.answered()
         report: dict[str, Any] = {
             "latency": latency_summary(received, self.config.budget_ms),
             "models": version_summary(received),
-            "accuracy": accuracy_summary(received, self.frames, self.truth()),
+            # At-least-once delivery may repeat an answer: score each frame once (the last).
+            "accuracy": accuracy_summary(
+                list({(r.prediction.vehicle_id, r.prediction.seq): r for r in received}.values()),
+                self.frames,
+                self.truth(),
+            ),
             "truth_source": self.config.truth or "sensor positions (noisy GNSS)",
             "undecodable_predictions": self.undecodable,
             "frames_seen": len(self.frames),
-            "frames_unanswered": len(
-                self.frames.keys() - {(r.prediction.vehicle_id, r.prediction.seq) for r in received}
-            ),
-            "duplicates": len(received)
-            - len({(r.prediction.vehicle_id, r.prediction.seq) for r in received}),
+            "invalid_frames": self.invalid_frames,
+            "frames_unanswered": len(self.frames.keys() - answered),
+            "duplicates": len(received) - len(answered),
         }
         if self.config.out_dir:
             from pipeline.report_output import write_report

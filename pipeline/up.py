@@ -267,7 +267,7 @@ class Up:
     def _drained(self, client: ReportClient) -> bool:
         client.poll(timeout_ms=100)
         client.catch_up_frames(timeout_s=1.0)
-        return len(client.received) >= len(client.frames) > 0
+        return bool(client.frames) and client.frames.keys() <= client.answered()
 
     def _crashed(self) -> bool:
         failed = [c for c in self.supervisor.failed() if c.name != "replay"]

@@ -93,3 +93,70 @@ def test_report_reads_the_stream_and_gives_exact_stage_percentiles(
     assert (out / "latency_cdf.png").stat().st_size > 1000
     assert (out / "stages.png").exists() and (out / "accuracy.png").exists()
     assert "end-to-end" in done.stdout and "model versions served: [4]" in done.stdout
+
+
+def test_report_counts_invalid_frames_and_duplicate_answers_apart(kafka_settings, topics, tmp_path):
+    t0 = 1_700_000_000 * 10**9
+    with Producer(kafka_settings) as producer:
+        for i in range(20):
+            t = t0 + i * 100 * MS
+            frame = SensorFrame("car-2", i, t, float(i), 0.0, 10.0, 0.0, 0.0, 0.0)
+            producer.send(
+                topics.sensors, encode_frames([frame]), key="car-2", headers=frame_headers(t)
+            )
+            p = Prediction(
+                "car-2",
+                i,
+                t,
+                (0.5,),
+                (i + 5.0,),
+                (0.0,),
+                1,
+                "mlp",
+                "model",
+                "",
+                t,
+                t + MS,
+                t + 2 * MS,
+                t + 3 * MS,
+                t + 4 * MS,
+            )
+            copies = 2 if i == 7 else 1  # at-least-once delivery repeated one answer
+            for _ in range(copies):
+                producer.send(
+                    topics.predictions,
+                    encode_prediction(p),
+                    key="car-2",
+                    headers=prediction_headers(),
+                )
+        producer.send(topics.sensors, b"\x01\x00garbage", key="car-2", headers=frame_headers(t0))
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "report",
+            "--bootstrap",
+            kafka_settings.bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--from-beginning",
+            "--expect",
+            "21",
+            "--out-dir",
+            str(out),
+            "--no-plots",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames_seen"] == 20
+    assert report["invalid_frames"] == 1
+    assert report["frames_unanswered"] == 0
+    assert report["duplicates"] == 1
+    assert report["latency"]["count"] == 21
