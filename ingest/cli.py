@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from schemas.config import add_config_arguments, config_from_args
+from schemas.config import add_config_arguments, config_from_args, setting
 from schemas.errors import ConfigError
 from schemas.kafka import BOOTSTRAP_ENV, KafkaSettings
 
@@ -86,20 +87,27 @@ _MAPPING_FLAGS = {
 }
 
 
-def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+def _import_settings() -> type:
+    """Flags of ``import-log`` as a config dataclass, so each has a DRIVESTREAM_* twin."""
     from ingest.mapping import PRESETS
 
+    fields: list[tuple[str, type, object]] = [
+        ("out", str, setting("", "canonical sensor log to write (Parquet), required")),
+        ("preset", str, setting("", f"mapping preset: {', '.join(sorted(PRESETS))}")),
+        ("mapping", str, setting("", "JSON mapping file (keys as the --map-* flags)")),
+        ("vehicle_id", str, setting("", "vehicle id when the log has no id column")),
+        ("origin", str, setting("", "LAT,LON of the local frame ('' = first fix)")),
+        ("repeat_window_s", float, setting(1.0, "a repeated fix is kept once per window")),
+        ("derive_window_s", float, setting(1.0, "window to derive speed/heading/yaw rate")),
+        ("print_mapping", bool, setting(False, "print the mapping used")),
+    ]
+    fields += [(f"map_{name}", str, setting("", text)) for name, text in _MAPPING_FLAGS.items()]
+    return dataclasses.make_dataclass("ImportSettings", fields, frozen=True, kw_only=True)
+
+
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="CSV/TSV or Parquet log to import")
-    parser.add_argument("--out", required=True, help="canonical sensor log to write (Parquet)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="mapping preset")
-    parser.add_argument("--mapping", help="JSON mapping file (keys as the --map-* flags)")
-    for name, help_text in _MAPPING_FLAGS.items():
-        parser.add_argument(f"--map-{name.replace('_', '-')}", dest=f"map_{name}", help=help_text)
-    parser.add_argument("--vehicle-id", help="vehicle id when the log has no id column")
-    parser.add_argument("--origin", help="LAT,LON of the local frame [default: first fix]")
-    parser.add_argument("--repeat-window-s", type=float, default=1.0, help="repeated-fix window")
-    parser.add_argument("--derive-window-s", type=float, default=1.0, help="derivation window")
-    parser.add_argument("--print-mapping", action="store_true", help="print the mapping used")
+    add_config_arguments(parser, _import_settings())
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -107,25 +115,28 @@ def run_import(args: argparse.Namespace) -> int:
     from ingest.logs import write_table
     from ingest.mapping import load_mapping
 
-    overrides = {n: getattr(args, f"map_{n}") for n in _MAPPING_FLAGS}
-    mapping = load_mapping(args.preset, args.mapping, **overrides)
-    if args.print_mapping:
+    cfg = config_from_args(_import_settings(), args)
+    if not cfg.out:
+        raise ConfigError("--out (DRIVESTREAM_OUT) is required: where to write the Parquet log")
+    overrides = {n: getattr(cfg, f"map_{n}") or None for n in _MAPPING_FLAGS}
+    mapping = load_mapping(cfg.preset or None, cfg.mapping or None, **overrides)
+    if cfg.print_mapping:
         print(mapping.to_json())
     origin = None
-    if args.origin:
+    if cfg.origin:
         try:
-            lat, lon = (float(v) for v in args.origin.split(","))
+            lat, lon = (float(v) for v in cfg.origin.split(","))
         except ValueError:
-            raise ConfigError(f"--origin must be LAT,LON, got {args.origin!r}") from None
+            raise ConfigError(f"--origin must be LAT,LON, got {cfg.origin!r}") from None
         origin = (lat, lon)
     options = ImportOptions(
-        vehicle_id=args.vehicle_id,
+        vehicle_id=cfg.vehicle_id or None,
         origin=origin,
-        repeat_window_s=args.repeat_window_s,
-        derive_window_s=args.derive_window_s,
+        repeat_window_s=cfg.repeat_window_s,
+        derive_window_s=cfg.derive_window_s,
     )
     table, report = import_log(args.source, mapping, options)
-    out = write_table(table, args.out)
+    out = write_table(table, cfg.out)
     print(report.describe())
     print(f"wrote {out}")
     return 0

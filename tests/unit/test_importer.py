@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ingest.cli import main
@@ -215,3 +216,12 @@ def test_import_log_command_writes_a_canonical_log(
     assert table.num_rows == 40 and set(table["vehicle_id"].to_pylist()) == {"car"}
     assert main(["import-log", str(DATA / "datalogger.csv"), "--out", str(out)]) == 2
     assert "--preset" in capsys.readouterr().err
+
+
+def test_import_flags_have_environment_twins(tmp_path, monkeypatch):
+    out = tmp_path / "env.parquet"
+    monkeypatch.setenv("DRIVESTREAM_PRESET", "datalogger")
+    monkeypatch.setenv("DRIVESTREAM_VEHICLE_ID", "env-car")
+    monkeypatch.setenv("DRIVESTREAM_OUT", str(out))
+    assert main(["import-log", str(DATA / "datalogger.csv")]) == 0
+    assert set(pq.read_table(out).column("vehicle_id").to_pylist()) == {"env-car"}
