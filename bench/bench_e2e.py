@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.broker import free_port  # noqa: E402
 from schemas.envelope import encode_envelope, envelope_headers  # noqa: E402
 from schemas.headers import T_PRODUCE_NS, now_ns, read_stamp  # noqa: E402
 from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics  # noqa: E402
@@ -55,12 +55,6 @@ def echo_worker(bootstrap: str, src: str, dst: str) -> None:
         while True:
             for m in c.poll(timeout_ms=100, max_records=500):
                 p.send(dst, m.value, key=m.key, headers=m.headers)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load(

@@ -9,7 +9,7 @@ import sys
 import threading
 
 from schemas.config import add_config_arguments, config_from_args
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, DrivestreamError
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; 2 with one line on bad configuration."""
+    """Serve until SIGINT/SIGTERM; 2 with one line on bad configuration, 1 on a failure
+    that stopped serving (e.g. predictions that could not be delivered)."""
     from inference.config import ServeConfig
     from inference.service import InferenceService
     from schemas.kafka import KafkaSettings
@@ -44,4 +45,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"drivestream serve: {exc}", file=sys.stderr)
         return 2
+    except DrivestreamError as exc:
+        print(f"drivestream serve: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -16,7 +16,11 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
-    """How `drivestream serve` consumes, batches, infers, falls back and publishes."""
+    """How `drivestream serve` consumes, batches, infers, falls back and publishes.
+
+    The widest frame gap a model window may span is not here: it is the serving model's
+    ``InputSpec.max_gap_s`` (the trainer's limit), so the two can never disagree.
+    """
 
     bootstrap: str = field(default="127.0.0.1:9092", metadata=_help("Kafka bootstrap host:port"))
     topic_prefix: str = field(default="", metadata=_help("prefix of every topic name"))
@@ -55,9 +59,6 @@ class ServeConfig:
     cv_yaw_eps: float = field(
         default=1e-3, metadata=_help("|yaw rate| below this uses constant velocity, rad/s")
     )
-    history_gap_s: float = field(
-        default=1.0, metadata=_help("a gap longer than this restarts a vehicle's history")
-    )
     log_level: str = field(default="INFO", metadata=_help("DEBUG, INFO, WARNING or ERROR"))
 
     def __post_init__(self) -> None:
@@ -76,7 +77,6 @@ class ServeConfig:
             (self.min_truth_samples >= 1, "min_truth_samples must be >= 1"),
             (self.truth_capacity >= self.min_truth_samples, "truth_capacity < min_truth_samples"),
             (self.cv_yaw_eps >= 0, "cv_yaw_eps must be >= 0"),
-            (self.history_gap_s > 0, "history_gap_s must be > 0"),
             (bool(self.group_id), "group_id must not be empty"),
         ]
         for ok, message in checks:

@@ -16,3 +16,8 @@ class ModelRejected(InferenceError):
         super().__init__(f"model rejected ({reason}): {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class DeliveryError(InferenceError):
+    """The producer could not deliver predictions or dead letters: nothing after the last
+    commit is committed, the service stops, and a restart re-answers from that commit."""

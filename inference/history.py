@@ -1,13 +1,17 @@
 """Per-vehicle history windows in the model's input layout, and recent ground truth.
 
 Windows follow schemas.model_spec.InputSpec: float32 ``[history, 7]`` oldest first, with
-dt = frame time - newest frame time in seconds. Ground truth for swap validation: a few
-windows per vehicle are kept until the vehicle's position at every horizon has arrived,
-then the window and its interpolated future positions go into a small ring.
+dt = frame time - newest frame time in seconds. A window in which two consecutive frames are
+further apart than the spec's ``max_gap_s`` never goes to the model (the trainer never learns
+from one): :meth:`HistoryStore.unusable` says "gap" until the gap slides out of the window.
+Ground truth for swap validation: a few gap-free windows per vehicle are kept until the
+vehicle's position at every horizon has arrived, then the window and its interpolated future
+positions go into a small ring.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,15 +38,8 @@ class _Vehicle:
 class HistoryStore:
     """History of every vehicle this instance owns; dropped per partition on rebalance."""
 
-    def __init__(
-        self,
-        spec: InputSpec,
-        gap_s: float = 1.0,
-        truth_capacity: int = 512,
-        truth_every: int = 5,
-    ) -> None:
+    def __init__(self, spec: InputSpec, truth_capacity: int = 512, truth_every: int = 5) -> None:
         self.spec = spec
-        self.gap_ns = int(gap_s * NS)
         self.truth_every = truth_every
         self._vehicles: dict[str, _Vehicle] = {}
         self._truth: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=truth_capacity)
@@ -50,6 +47,11 @@ class HistoryStore:
 
     def __len__(self) -> int:
         return len(self._vehicles)
+
+    @property
+    def gap_ns(self) -> int:
+        """Widest gap allowed inside a window: the serving model's ``max_gap_s``."""
+        return round(self.spec.max_gap_s * NS)
 
     def _track_len(self) -> int:
         return int(self.spec.max_horizon_s * self.spec.rate_hz * 3) + self.spec.history + 8
@@ -67,7 +69,8 @@ class HistoryStore:
             self._truth.clear()
 
     def add(self, f: SensorFrame, partition: int) -> str:
-        """Record a frame; returns 'ok', 'reset' (gap: history restarted) or 'out_of_order'."""
+        """Record a frame; returns 'ok', 'gap' (wider than max_gap_s since the previous frame:
+        pending ground truth is dropped, windows over it are unusable) or 'out_of_order'."""
         v = self._vehicles.get(f.vehicle_id)
         if v is None:
             v = _Vehicle(
@@ -81,10 +84,9 @@ class HistoryStore:
             return "out_of_order"
         status = "ok"
         if v.last_t_ns >= 0 and f.t_event_ns - v.last_t_ns > self.gap_ns:
-            v.rows.clear()
-            v.track.clear()
+            v.track.clear()  # no ground truth interpolated across the gap
             v.pending.clear()
-            status = "reset"
+            status = "gap"
         v.last_seq, v.last_t_ns = f.seq, f.t_event_ns
         v.rows.append(
             (f.t_event_ns, f.x, f.y, f.speed, f.heading, f.yaw_rate, f.accel)  # type: ignore[arg-type]
@@ -92,10 +94,22 @@ class HistoryStore:
         v.track.append((f.t_event_ns, f.x, f.y))
         v.count += 1
         self._label(v)
-        if len(v.rows) == self.spec.history and v.count % self.truth_every == 0:
+        full = len(v.rows) == self.spec.history
+        if full and v.count % self.truth_every == 0 and not self._has_gap(v):
             window = self._window(v)
             v.pending.append((f.t_event_ns, window))
         return status
+
+    def unusable(self, vehicle_id: str) -> str | None:
+        """Why the vehicle's window cannot go to the model ('warmup' or 'gap'), else None."""
+        v = self._vehicles.get(vehicle_id)
+        if v is None or len(v.rows) < self.spec.history:
+            return "warmup"
+        return "gap" if self._has_gap(v) else None
+
+    def _has_gap(self, v: _Vehicle) -> bool:
+        limit = self.gap_ns
+        return any(b[0] - a[0] > limit for a, b in itertools.pairwise(v.rows))
 
     def window(self, vehicle_id: str) -> np.ndarray | None:
         """Model input ``[history, 7]`` ending at the newest frame, or None while warming up."""

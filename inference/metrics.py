@@ -44,13 +44,18 @@ class ServeMetrics:
             registry=r,
         )
         self.predictions = Counter(
-            "drivestream_inference_predictions", "Predictions published", ["source"], registry=r
+            "drivestream_inference_predictions",
+            "Predictions handed to the producer (a failed delivery stops the service)",
+            ["source"],
+            registry=r,
         )
         self.fallbacks = Counter(
             "drivestream_inference_fallbacks", "Fallback answers by reason", ["reason"], registry=r
         )
         self.deadletters = Counter(
-            "drivestream_inference_deadletters", "Records sent to deadletter", registry=r
+            "drivestream_inference_deadletters",
+            "Records handed to the producer for deadletter (a failed delivery stops the service)",
+            registry=r,
         )
         self.budget_misses = Counter(
             "drivestream_inference_budget_misses",

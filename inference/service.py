@@ -1,9 +1,13 @@
 """The serving loop: consume frames, batch, infer or fall back, publish, commit.
 
 Delivery is at-least-once: offsets are committed only after the predictions of every
-frame below them were sent and the producer flushed (on the commit interval, on revoke and
-on close). A crash between publish and commit re-answers those frames after restart, so a
-consumer of `predictions` may see a (vehicle_id, seq) twice and should keep the last.
+frame below them were sent, the producer flushed and reported no failed delivery (on the
+commit interval, on revoke and on a normal close). A failed delivery stops the service with
+:class:`DeliveryError` and commits nothing more: the simplest safe choice, since a restart
+resumes from the last commit and answers those frames again. A crash between publish and
+commit also re-answers frames after restart, so a consumer of `predictions` may see a
+(vehicle_id, seq) twice and should keep the last. A rebalance does not: the revoked
+partitions are drained and committed inside the listener (see inference.rebalance).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from collections.abc import Callable
 
 import numpy as np
 from kafka import TopicPartition
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
 from inference import fallback
 from inference.batching import MicroBatcher, Pending
 from inference.config import ServeConfig
+from inference.errors import DeliveryError
 from inference.history import HistoryStore
 from inference.metrics import MetricsServer, ServeMetrics
+from inference.rebalance import RebalanceDrain
 from inference.runtime import LoadedModel, choose_providers, quiet_ort
 from inference.swap import ModelSwapper, ModelWatcher
 from inference.validate import ValidationPolicy
@@ -36,44 +41,8 @@ from schemas.sensor import check_frame_headers, decode_frames
 log = logging.getLogger(__name__)
 
 MS = 1_000_000
-REVOKE_WAIT_S = 10.0
 _PRED_HEADERS = prediction.prediction_headers()
 _DL_HEADERS = deadletter.dead_letter_headers()
-
-
-class _Rebalance(AsyncConsumerRebalanceListener):
-    """Runs on kafka-python's IO thread: hands revocation to the serving thread and waits.
-
-    The serving thread answers everything waiting, flushes and commits while this
-    coroutine sleeps, so the group is still stable and the next owner starts exactly
-    after the last answered frame.
-    """
-
-    def __init__(self, service: InferenceService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        keys = {(tp.topic, tp.partition) for tp in revoked}
-        if not keys:
-            return
-        done = self.service._request_revoke(keys)
-        net = getattr(getattr(self.service._consumer_client(), "_coordinator", None), "_net", None)
-        deadline = time.monotonic() + REVOKE_WAIT_S
-        while not done.is_set() and time.monotonic() < deadline:
-            if net is None:  # a kafka-python without the loop's sleep: poll from here
-                done.wait(0.002)
-            else:
-                await net.sleep(0.002)
-        if not done.is_set():
-            log.warning(
-                "revoke of %s not drained in %.0fs; frames may be answered twice",
-                sorted(p for _, p in keys),
-                REVOKE_WAIT_S,
-            )
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.service.assigned = {(tp.topic, tp.partition) for tp in assigned}
-        log.info("assigned partitions %s", sorted(p for _, p in self.service.assigned))
 
 
 class InferenceService:
@@ -83,9 +52,7 @@ class InferenceService:
         self.config = config
         self.settings = settings or KafkaSettings.from_env(bootstrap=config.bootstrap)
         self.metrics = ServeMetrics()
-        self.history = HistoryStore(
-            DEFAULT_SPEC, gap_s=config.history_gap_s, truth_capacity=config.truth_capacity
-        )
+        self.history = HistoryStore(DEFAULT_SPEC, truth_capacity=config.truth_capacity)
         policy = ValidationPolicy(
             device=config.device,
             intra_op_threads=config.intra_op_threads,
@@ -101,6 +68,9 @@ class InferenceService:
         self.assigned: set[tuple[str, int]] = set()
         self.stats: Counter[str] = Counter()
         self.swap_pauses_ms: list[float] = []
+        self.build_loop_gap_ms: dict[int, float] = {}
+        """Longest serving-loop iteration that overlapped model build n (1-based)."""
+        self.error: BaseException | None = None
         self._budget_ns = int(config.budget_ms * MS)
         self._margin_ns = int(config.safety_margin_ms * MS)
         self._cost_ns: dict[int, float] = {}
@@ -108,9 +78,9 @@ class InferenceService:
         self._committed: dict[tuple[str, int], int] = {}
         self._last_commit = self._last_lag = time.monotonic()
         self._last_loop = time.monotonic()
+        self._loop_mark = (self._last_loop, 0, 0)
         self._stop = threading.Event()
-        self._closing = False
-        self._revoke: tuple[set[tuple[str, int]], threading.Event] | None = None
+        self._halted = False  # after a failure nothing is committed any more
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -132,20 +102,23 @@ class InferenceService:
         )
         self._producer = Producer(self.settings)
         self._consumer = Consumer(self.settings, [c.sensors_topic], c.group_id)
-        self._consumer.on_rebalance(_Rebalance(self))
+        self._consumer.on_rebalance(RebalanceDrain(self))
         self._watcher = ModelWatcher(self.settings, c.models_topic, self.swapper)
         self._watcher.start()
         self._server.start()
 
-    def close(self) -> None:
-        """Answer what waits, flush, commit, then close everything opened."""
+    def close(self, clean: bool = True) -> None:
+        """Close everything opened; after a normal end, first answer what waits and commit.
+
+        After an error (``clean=False``) nothing is committed, here or by the revoke that
+        closing the consumer triggers: a restart answers from the last good commit.
+        """
         try:
-            if self._consumer is not None and self._producer is not None:
-                self._serve_revoke()
+            if clean and not self._halted and self._consumer and self._producer:
                 self._flush_batches()
-                self._commit(force=True)
-                self._closing = True
+                self._commit()
         finally:
+            self._halted = self._halted or not clean
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher.join(timeout=10)
@@ -159,22 +132,33 @@ class InferenceService:
     def run(self, until: Callable[[], bool] | float | None = None) -> None:
         """Serve in this thread until stop(), ``until()`` is true, or ``until`` seconds pass."""
         end = time.monotonic() + until if isinstance(until, (int, float)) else None
-        self.open()
+        clean = False
         try:
+            self.open()
             while not self._stop.is_set():
                 if end is not None and time.monotonic() >= end:
                     break
                 if callable(until) and until():
                     break
                 self.step()
+            clean = True
+        except BaseException as exc:
+            self.error = exc
+            raise
         finally:
-            self.close()
+            self.close(clean)
 
     def start(self) -> InferenceService:
         """Serve on a background thread (tests, `drivestream up` in-process)."""
-        self._thread = threading.Thread(target=self.run, name="inference", daemon=True)
+        self._thread = threading.Thread(target=self._run_logged, name="inference", daemon=True)
         self._thread.start()
         return self
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except Exception:
+            log.exception("inference service stopped; see .error")
 
     def request_stop(self) -> None:
         """Ask the loop to finish (signal-handler safe); run() then closes everything."""
@@ -191,7 +175,11 @@ class InferenceService:
 
     def health(self) -> dict:
         watcher = self._watcher
-        ok = time.monotonic() - self._last_loop < 5.0 and (watcher is None or watcher.error is None)
+        ok = (
+            self.error is None
+            and time.monotonic() - self._last_loop < 5.0
+            and (watcher is None or watcher.error is None)
+        )
         return {
             "ok": ok,
             "model_version": self.model.version if self.model else None,
@@ -203,9 +191,10 @@ class InferenceService:
     # --- the loop ----------------------------------------------------------------------
     def step(self) -> None:
         """One iteration: maybe swap, poll, enqueue or answer, run a due batch, commit."""
-        assert self._consumer is not None
-        self._last_loop = time.monotonic()
-        self._serve_revoke()
+        assert self._consumer is not None and self._producer is not None
+        self._mark_loop()
+        if self._producer.failures:
+            self._check_delivery()
         self._maybe_swap()
         wait = self.batcher.wait_ns(now_ns())
         timeout_ms = 100 if wait is None else wait // MS
@@ -216,12 +205,22 @@ class InferenceService:
             self._handle(msg, now_ns())
         while self.batcher.due(now_ns()):
             self._run_batch(self.batcher.take())
-        self._serve_revoke()
         now = time.monotonic()
         if now - self._last_commit >= self.config.commit_interval_ms / 1000:
             self._commit()
         if now - self._last_lag >= 1.0:
             self._update_lag()
+
+    def _mark_loop(self) -> None:
+        """Record how long the previous iteration took if a model build overlapped it."""
+        now = time.monotonic()
+        started, finished = self.swapper.builds_started, self.swapper.builds_finished
+        prev, prev_started, prev_finished = self._loop_mark
+        if started != prev_started or prev_started != prev_finished:
+            gap_ms = (now - prev) * 1e3
+            self.build_loop_gap_ms[started] = max(self.build_loop_gap_ms.get(started, 0.0), gap_ms)
+        self._loop_mark = (now, started, finished)
+        self._last_loop = now
 
     def _maybe_swap(self) -> None:
         new = self.swapper.take_ready()
@@ -249,33 +248,34 @@ class InferenceService:
         )
 
     def _handle(self, msg: Message, t_consumed: int) -> None:
-        key = (msg.topic, msg.partition)
-        self._next_offset[key] = msg.offset + 1
+        """Answer or enqueue every frame of one record; only then is it committable."""
         try:
             t_produce = check_frame_headers(msg.headers)
             frames = decode_frames(msg.value)
         except ValidationError as exc:
             self._dead_letter(msg, str(exc))
-            return
-        deadline = t_produce + self._budget_ns
-        for f in frames:
-            status = self.history.add(f, msg.partition)
-            item = Pending(
-                f, None, msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline
-            )
-            if self.model is None:
-                self._answer_fallback([item], "no_model")
-            elif status == "out_of_order":
-                self._answer_fallback([item], "out_of_order")
-            elif (window := self.history.window(f.vehicle_id)) is None:
-                self._answer_fallback([item], "warmup")
-            elif not self._in_time(
-                item, len(self.batcher) + 1, t_consumed, self._wait_for(t_consumed)
-            ):
-                self._answer_fallback([item], "late")
-            else:
-                item.window = window
-                self.batcher.add(item)
+        else:
+            deadline = t_produce + self._budget_ns
+            for f in frames:
+                item = Pending(
+                    f, None, msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline
+                )
+                self._route(item, self.history.add(f, msg.partition))
+        self._next_offset[(msg.topic, msg.partition)] = msg.offset + 1
+
+    def _route(self, item: Pending, status: str) -> None:
+        vid, now = item.frame.vehicle_id, item.t_consumed_ns
+        if self.model is None:
+            self._answer_fallback([item], "no_model")
+        elif status == "out_of_order":
+            self._answer_fallback([item], "out_of_order")
+        elif (why := self.history.unusable(vid)) is not None:  # "warmup" or "gap"
+            self._answer_fallback([item], why)
+        elif not self._in_time(item, len(self.batcher) + 1, now, self._wait_for(now)):
+            self._answer_fallback([item], "late")
+        else:
+            item.window = self.history.window(vid)
+            self.batcher.add(item)
 
     def _in_time(self, item: Pending, batch: int, now: int, wait_ns: int = 0) -> bool:
         """Can the model still answer this frame within its budget?"""
@@ -295,14 +295,16 @@ class InferenceService:
             self._answer_fallback(items, "no_model")
             return
         n = len(items)
-        late = [it for it in items if not self._in_time(it, n, now)]
-        if late:
-            self._answer_fallback(late, "late")
-            items = [it for it in items if self._in_time(it, n, now)]
-            if not items:
-                return
-        if any(it.window is None or it.window.shape[0] != model.spec.history for it in items):
-            self._answer_fallback(items, "warmup")  # a swap changed the window length
+        late = [not self._in_time(it, n, now) for it in items]
+        if any(late):
+            self._answer_fallback([it for it, x in zip(items, late, strict=True) if x], "late")
+            items = [it for it, x in zip(items, late, strict=True) if not x]
+        # a swap changed the window length: only those frames fall back
+        short = [it.window is None or it.window.shape[0] != model.spec.history for it in items]
+        if any(short):
+            self._answer_fallback([it for it, x in zip(items, short, strict=True) if x], "warmup")
+            items = [it for it, x in zip(items, short, strict=True) if not x]
+        if not items:
             return
         shape = self.config.padded(len(items))
         x = np.zeros((shape, model.spec.history, len(model.spec.features)), np.float32)
@@ -345,35 +347,45 @@ class InferenceService:
             )
 
     def _answer_fallback(self, items: list[Pending], reason: str) -> None:
+        if not items:
+            return
         horizons = self.model.spec.horizons_s if self.model else self.history.spec.horizons_s
-        for it in items:
+        t_start = now_ns()
+        states = [
+            (it.frame.x, it.frame.y, it.frame.speed, it.frame.heading, it.frame.yaw_rate)
+            for it in items
+        ]
+        x, y, v, h, w = np.array(states, dtype=np.float64).T
+        out, turning = fallback.predict(x, y, v, h, w, horizons, self.config.cv_yaw_eps)
+        t_end = now_ns()
+        for i, it in enumerate(items):
             f = it.frame
-            t_start = now_ns()
-            name, xs, ys = fallback.predict_one(
-                f.x, f.y, f.speed, f.heading, f.yaw_rate, horizons, self.config.cv_yaw_eps
-            )
             p = prediction.Prediction(
                 f.vehicle_id,
                 f.seq,
                 f.t_event_ns,
                 horizons,
-                xs,
-                ys,
+                tuple(out[i, :, 0].tolist()),
+                tuple(out[i, :, 1].tolist()),
                 -1,
-                name,
+                fallback.CTRV if turning[i] else fallback.CV,
                 "fallback",
                 reason,
                 it.t_produce_ns,
                 it.t_consumed_ns,
                 t_start,
-                now_ns(),
+                t_end,
             )
             self.metrics.fallbacks.labels(reason=reason).inc()
             self.stats[f"fallback_{reason}"] += 1
             self._publish(p, it.deadline_ns)
 
     def _publish(self, p: prediction.Prediction, deadline_ns: int) -> None:
-        """Stamp t_published_ns right before producing; never flushes."""
+        """Stamp t_published_ns right before producing; never flushes.
+
+        Counters here count records handed to the producer; a record that then fails to
+        deliver stops the service at the next check (see _check_delivery), uncommitted.
+        """
         assert self._producer is not None
         p = p.published(now_ns())
         self._producer.send(
@@ -422,57 +434,73 @@ class InferenceService:
         while len(self.batcher):
             self._run_batch(self.batcher.take())
 
-    def _commit(self, force: bool = False) -> None:
-        """Flush predictions, then commit offsets below every frame still waiting."""
-        assert self._consumer is not None and self._producer is not None
-        self._last_commit = time.monotonic()
+    def _due_offsets(self, keys: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
+        """Next offsets to commit: below every frame still waiting, and not yet committed."""
         waiting = self.batcher.first_offsets()
         offsets = {
-            k: waiting.get(k, v)
-            for k, v in self._next_offset.items()
-            if k in self.assigned or force
+            k: waiting.get(k, v) for k, v in self._next_offset.items() if keys is None or k in keys
         }
-        offsets = {k: v for k, v in offsets.items() if self._committed.get(k) != v}
-        if not offsets:
+        return {k: v for k, v in offsets.items() if self._committed.get(k) != v}
+
+    def _commit(self) -> None:
+        """Flush predictions, make sure all were delivered, then commit what they cover."""
+        assert self._consumer is not None
+        self._last_commit = time.monotonic()
+        offsets = self._due_offsets()
+        if not offsets or self._halted:
             return
-        self._producer.flush()
+        self._flush_delivered()
         try:
             self._consumer.commit(offsets)
             self._committed.update(offsets)
-        except Exception as exc:  # rebalance in progress: the next owner re-answers
+        except Exception as exc:  # rebalance in progress: the revoke drain commits instead
             log.warning("offset commit failed (frames may be answered again): %s", exc)
+
+    def _flush_delivered(self) -> None:
+        assert self._producer is not None
+        self._producer.flush()
+        self._check_delivery()
+
+    def _check_delivery(self) -> None:
+        """Raise DeliveryError (and never commit again) once any record failed to deliver."""
+        assert self._producer is not None
+        failures = self._producer.failures
+        if not failures:
+            return
+        self._halted = True
+        log.error("%d records not delivered; stopping without committing", failures)
+        raise DeliveryError(
+            f"{failures} prediction/deadletter records could not be delivered (last error: "
+            f"{self._producer.last_error}); offsets after the last commit were not committed. "
+            f"Check the broker and topics {self.config.predictions_topic!r}/"
+            f"{self.config.deadletter_topic!r}, then restart: those frames are answered again."
+        )
 
     def _consumer_client(self) -> object:
         return self._consumer.client if self._consumer is not None else None
 
-    def _request_revoke(self, keys: set[tuple[str, int]]) -> threading.Event:
-        """Called from the IO thread; the serving thread acts on it at its next step."""
-        done = threading.Event()
-        if self._closing:  # close() already answered, flushed and committed everything
-            done.set()
-            return done
-        self._revoke = (keys, done)
-        return done
+    def _release(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Revoke, on the consumer's loop: answer the partitions' waiting frames by fallback,
+        flush, and return the offsets the listener must commit (raises DeliveryError)."""
+        if self._producer is None or self._halted:
+            return {}
+        waiting = self.batcher.drop_partitions(keys)
+        if waiting:
+            self._answer_fallback(waiting, "rebalance")
+        offsets = self._due_offsets(keys)
+        if offsets:
+            self._flush_delivered()
+        return offsets
 
-    def _serve_revoke(self) -> None:
-        """Answer everything waiting, commit, and forget revoked vehicles' history."""
-        request, self._revoke = self._revoke, None
-        if request is None:
-            return
-        revoked, done = request
-        try:
-            self._flush_batches()
-            self._commit(force=True)
-            for key in revoked:
-                self._next_offset.pop(key, None)
-                self._committed.pop(key, None)
-            dropped = self.history.drop_partitions({p for _, p in revoked})
-            self.assigned -= revoked
-            log.info(
-                "revoked partitions %s, dropped %d vehicles", sorted(p for _, p in revoked), dropped
-            )
-        finally:
-            done.set()
+    def _forget(self, keys: set[tuple[str, int]]) -> None:
+        """Drop everything about partitions this instance no longer owns."""
+        self.batcher.drop_partitions(keys)  # lost partitions: the next owner answers them
+        for key in keys:
+            self._next_offset.pop(key, None)
+            self._committed.pop(key, None)
+        dropped = self.history.drop_partitions({p for _, p in keys})
+        self.assigned -= keys
+        log.info("revoked partitions %s, dropped %d vehicles", sorted(p for _, p in keys), dropped)
 
     def _update_lag(self) -> None:
         assert self._consumer is not None

@@ -42,6 +42,10 @@ class ModelSwapper:
         self._accepted: LoadedModel | None = None
         self._retired: list[LoadedModel] = []
         self.rejections: list[ModelRejected] = []
+        self.builds_started = self.builds_finished = 0
+        """Validations begun/ended; the serving loop uses them to time its gaps during one."""
+        self.built_on: list[str] = []
+        """Thread name of each accepted model's build (the watcher's, never the loop's)."""
 
     def offer(self, env: ModelEnvelope) -> LoadedModel | None:
         """Validate one envelope; on success park it for the serving loop and return it."""
@@ -53,7 +57,11 @@ class ModelSwapper:
                 raise ModelRejected(
                     "stale_version", f"v{env.version} is not newer than v{base.version}"
                 )
-            model = validate(env, self.policy, base, self._truth())
+            self.builds_started += 1
+            try:
+                model = validate(env, self.policy, base, self._truth())
+            finally:
+                self.builds_finished += 1
         except ModelRejected as exc:
             log.warning(
                 "%s v%d %s; v%s keeps serving",
@@ -70,6 +78,7 @@ class ModelSwapper:
                 self._retired.append(self._ready)
             self._ready = model
             self._accepted = model
+            self.built_on = [*self.built_on[-99:], threading.current_thread().name]
         log.info(
             "%s v%d validated on %s, warm %s ms",
             env.name,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-import socket
 import threading
 import time
 import urllib.request
@@ -12,9 +12,11 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from kafka import TopicPartition
 
 from inference.config import ServeConfig
 from inference.service import InferenceService
+from pipeline.broker import free_port
 from schemas.deadletter import decode_dead_letter
 from schemas.envelope import encode_envelope, envelope_headers
 from schemas.headers import now_ns
@@ -27,12 +29,6 @@ from tests.model_fixtures import cv_onnx, envelope
 pytestmark = pytest.mark.integration
 
 DT_NS = 100_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def frame(vid: int, seq: int, t0: int = 1_000_000_000) -> SensorFrame:
@@ -79,34 +75,90 @@ def wait_for(cond: Callable[[], bool], timeout_s: float = 60.0, what: str = "") 
 
 
 class Collector:
-    """Reads `predictions` from the start on a background thread."""
+    """Reads `predictions` from the start on a background thread; ``finish`` reads the rest."""
 
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
         self.preds: list[Prediction] = []
         self._stop = threading.Event()
         self._consumer = Consumer(settings, group_id=None)
         wait_for(lambda: bool(self._consumer.partitions_for(topic)), 30, f"{topic} metadata")
-        self._consumer.assign(topic, sorted(self._consumer.partitions_for(topic)))
+        self._tps = [TopicPartition(topic, p) for p in sorted(self._consumer.partitions_for(topic))]
+        self._consumer.assign(topic, [tp.partition for tp in self._tps])
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _read(self) -> None:
+        for m in self._consumer.poll(timeout_ms=100):
+            check_prediction_headers(m.headers)
+            self.preds.append(decode_prediction(m.value))
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            for m in self._consumer.poll(timeout_ms=100):
-                check_prediction_headers(m.headers)
-                self.preds.append(decode_prediction(m.value))
+            self._read()
 
     def wait(self, n: int, timeout_s: float = 60.0) -> list[Prediction]:
+        """At least ``n`` predictions so far (a duplicate may still be on its way)."""
         wait_for(
             lambda: len(self.preds) >= n, timeout_s, f"{n} predictions, have {len(self.preds)}"
         )
-        time.sleep(0.5)  # anything extra (a duplicate) would arrive now
+        return list(self.preds)
+
+    def finish(self) -> list[Prediction]:
+        """Call once the services stopped: read up to the topic's end offsets, return all."""
+        self._stop.set()
+        self._thread.join()
+        client = self._consumer.client
+        end = client.end_offsets(self._tps)
+        wait_for(
+            lambda: self._read() or all(client.position(tp) >= end[tp] for tp in self._tps),
+            what=f"predictions up to the end offsets {end}",
+        )
+        self.close()
         return list(self.preds)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        self._consumer.close()
+        self._consumer.close()  # idempotent: the wrapper forgets a closed client
+
+
+@pytest.fixture
+def collectors():
+    """Make Collectors that are closed even when a test fails before ``finish``."""
+    made: list[Collector] = []
+
+    def make(settings: KafkaSettings, topic: str) -> Collector:
+        made.append(Collector(settings, topic))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+class Stream(threading.Thread):
+    """Sends one frame per vehicle every ``period_s`` until stopped; ``sent`` counts them."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, vehicles: range, period_s=0.05):
+        super().__init__(name="stream", daemon=True)
+        self.topic, self.vehicles, self.period_s = topic, vehicles, period_s
+        self.producer = Producer(settings)
+        self.sent = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        seq = 0
+        while not self._halt.is_set():
+            self.sent += send_frames(self.producer, self.topic, self.vehicles, range(seq, seq + 1))
+            seq += 1
+            self._halt.wait(self.period_s)
+
+    def stop(self) -> int:
+        self._halt.set()
+        if self.is_alive():
+            self.join()
+        self.producer.close()
+        return self.sent
 
 
 def config(topics: TopicNames, **kw) -> ServeConfig:
@@ -118,10 +170,12 @@ def keys(preds: list[Prediction]) -> Counter:
     return Counter((p.vehicle_id, p.seq) for p in preds)
 
 
-def test_fallback_first_then_model_one_answer_per_frame(kafka_settings, topics: TopicNames):
+def test_fallback_first_then_model_one_answer_per_frame(
+    kafka_settings, topics: TopicNames, collectors
+):
     port = free_port()
     cfg = config(topics, metrics_port=port, metrics_host="127.0.0.1", budget_ms=2000)
-    collector = Collector(kafka_settings, topics.predictions)
+    collector = collectors(kafka_settings, topics.predictions)
     service = InferenceService(cfg, kafka_settings).start()
     try:
         with Producer(kafka_settings) as producer:
@@ -135,12 +189,12 @@ def test_fallback_first_then_model_one_answer_per_frame(kafka_settings, topics: 
             publish_model(kafka_settings, topics.models, 1)
             wait_for(lambda: service.model is not None, what="model v1 to serve")
             n2 = send_frames(producer, topics.sensors, range(6), range(12, 24))
-        preds = collector.wait(n1 + n2)
+        collector.wait(n1 + n2)
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz"))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
         service.stop()
-        collector.close()
+    preds = collector.finish()
 
     assert set(keys(preds).values()) == {1} and len(preds) == n1 + n2
     assert all(p.source == "fallback" and p.reason == "no_model" for p in first)
@@ -168,67 +222,81 @@ def test_fallback_first_then_model_one_answer_per_frame(kafka_settings, topics: 
     assert 'drivestream_inference_fallbacks_total{reason="no_model"}' in metrics
 
 
-def test_swap_under_load_misses_no_budget(kafka_settings, topics: TopicNames):
-    budget_ms = 250.0  # generous: the 2-core CI box is shared; the bench measures 50 ms
+def test_swap_under_load_does_not_stall_the_serving_loop(
+    kafka_settings, topics: TopicNames, collectors
+):
+    budget_ms = 500.0  # generous: the 2-core CI box is shared; the bench measures 50 ms
     cfg = config(topics, budget_ms=budget_ms)
     publish_model(kafka_settings, topics.models, 1)
-    collector = Collector(kafka_settings, topics.predictions)
+    collector = collectors(kafka_settings, topics.predictions)
     service = InferenceService(cfg, kafka_settings).start()
     total = 0
     try:
         wait_for(lambda: service.model is not None, what="model v1")
         wait_for(lambda: len(service.assigned) == 4, what="partitions assigned")
         with Producer(kafka_settings) as producer:
-            # connections, metadata and fetch positions first: the budget is about serving
-            total += send_frames(producer, topics.sensors, range(100, 116), range(1))
-            collector.wait(total)
             for seq in range(40):  # 8 vehicles at 10 Hz each, 4 s
                 if seq == 15:
                     publish_model(kafka_settings, topics.models, 2, offset_m=0.1)
                 total += send_frames(producer, topics.sensors, range(8), range(seq, seq + 1))
                 time.sleep(0.1)
-        preds = collector.wait(total)
+        collector.wait(total)
     finally:
         service.stop()
-        collector.close()
+    preds = collector.finish()
+    assert service.error is None
     assert len(preds) == total and set(keys(preds).values()) == {1}
     assert service.stats["swaps"] == 2
-    versions = {p.model_version for p in preds if p.source == "model"}
-    assert versions == {1, 2}
-    timed = [p for p in preds if p.vehicle_id not in {f"veh-{v}" for v in range(100, 116)}]
-    # The service owns the time after it consumed a frame. Frames that reached it with at
-    # least half their budget left (a shared CI box can stall the Kafka hop) must make it.
-    budget_ns = budget_ms * 1e6
-    ours = [p for p in timed if p.t_consumed_ns - p.t_produce_ns < budget_ns / 2]
-    assert len(ours) >= 0.8 * len(timed)
-    late = [p for p in ours if p.t_published_ns - p.t_produce_ns > budget_ns]
-    assert not late, f"{len(late)} predictions past the {budget_ms} ms budget: " + str(
-        [(p.seq, p.source, p.reason, (p.t_consumed_ns - p.t_produce_ns) // 10**6) for p in late[:5]]
-    )
+    assert {p.model_version for p in preds if p.source == "model"} == {1, 2}
+    # Every frame, on time or not: v2 was validated and warmed on the watcher thread, and
+    # no serving-loop iteration overlapping that build took as long as a frame's budget
+    # (a stall there would delay every frame waiting behind it).
+    assert service.swapper.built_on == ["model-watcher", "model-watcher"]
+    assert service.swapper.builds_started == 2
+    gap_ms = service.build_loop_gap_ms.get(2)
+    assert gap_ms is not None, "the serving loop never ran while v2 was being built"
+    assert gap_ms < budget_ms, f"serving loop stalled {gap_ms:.0f} ms during the v2 build"
+    assert max(service.swap_pauses_ms) < budget_ms
 
 
-def test_two_instances_split_partitions_and_answer_once(kafka_settings, topics: TopicNames):
-    cfg = config(topics, budget_ms=2000)
-    collector = Collector(kafka_settings, topics.predictions)
+def test_rebalance_mid_stream_answers_every_frame_once(
+    kafka_settings, topics: TopicNames, collectors, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING)
+    # frames wait up to 300 ms in a batcher that never fills, so a rebalance usually finds some
+    cfg = config(topics, budget_ms=10_000, max_wait_us=300_000, max_batch=256)
+    publish_model(kafka_settings, topics.models, 1)
+    collector = collectors(kafka_settings, topics.predictions)
+    stream = Stream(kafka_settings, topics.sensors, range(16))
     a = InferenceService(cfg, kafka_settings).start()
     b = None
     try:
-        wait_for(lambda: len(a.assigned) == 4, what="instance A to own all partitions")
-        with Producer(kafka_settings) as producer:
-            n1 = send_frames(producer, topics.sensors, range(16), range(15))
-            collector.wait(n1)
-            b = InferenceService(cfg, kafka_settings).start()  # rebalance mid-stream
-            wait_for(lambda: len(b.assigned) > 0 and len(a.assigned) < 4, what="a rebalance")
-            n2 = send_frames(producer, topics.sensors, range(16), range(15, 30))
-        preds = collector.wait(n1 + n2)
+        wait_for(lambda: a.model is not None and len(a.assigned) == 4, what="A serving all")
+        stream.start()
+        wait_for(lambda: a.stats["model"] > 0, what="A answering from its batches")
+        b = InferenceService(cfg, kafka_settings).start()  # rebalance while frames wait
+        wait_for(
+            lambda: b.assigned and len(a.assigned) < 4 and len(a.assigned | b.assigned) == 4,
+            what="a rebalance",
+        )
+        moved = stream.sent
+        wait_for(lambda: stream.sent >= moved + 16 * 10, what="frames after the rebalance")
+        total = stream.stop()
+        collector.wait(total)
         assert {p for _, p in a.assigned} | {p for _, p in b.assigned} == {0, 1, 2, 3}
     finally:
+        stream.stop()
         a.stop()
         if b is not None:
             b.stop()
-        collector.close()
+    preds = collector.finish()
     counts = keys(preds)
-    assert len(counts) == n1 + n2 and set(counts.values()) == {1}, [
-        k for k, c in counts.items() if c > 1
-    ][:5]
-    assert b.stats["fallback"] > 0 and a.stats["fallback"] > n1
+    assert len(counts) == total, f"{total - len(counts)} frames never answered"
+    assert set(counts.values()) == {1}, [k for k, c in counts.items() if c > 1][:5]
+    assert a.error is None and b.error is None
+    not_drained = [r.getMessage() for r in caplog.records if "not drained" in r.getMessage()]
+    assert not not_drained, not_drained
+    # A's revoke listener ran (and drained: no warning above). Whether frames were waiting
+    # in A's batcher at that instant depends on scheduling, so it is not asserted.
+    assert a.stats["revoked_partitions"] > 0
+    assert b.stats["model"] > 0

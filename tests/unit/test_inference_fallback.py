@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from inference import fallback
+from schemas import kinematics
 
 H = (0.5, 1.0, 2.0, 3.0)
 
@@ -61,3 +62,18 @@ def test_vectorised_matches_scalar() -> None:
         _, xs, ys = fallback.predict_one(w[1], w[2], w[3], w[4], w[5], H)
         assert np.allclose(out[i, :, 0], xs, atol=1e-3)
         assert np.allclose(out[i, :, 1], ys, atol=1e-3)
+
+
+def test_fallback_is_schemas_kinematics() -> None:
+    """One set of formulas: the fallback answers exactly what the shared baselines say."""
+    _, xs, ys = fallback.predict_one(3.0, 4.0, 9.0, 0.5, 0.4, H)
+    ref = kinematics.predict_ctrv(3.0, 4.0, 9.0, 0.5, 0.4, H)[0]
+    assert (xs, ys) == (tuple(ref[:, 0]), tuple(ref[:, 1]))
+    _, xs, ys = fallback.predict_one(3.0, 4.0, 9.0, 0.5, 0.0, H)
+    ref = kinematics.predict_cv(3.0, 4.0, 9.0, 0.5, H)[0]
+    assert (xs, ys) == (tuple(ref[:, 0]), tuple(ref[:, 1]))
+
+
+def test_yaw_eps_picks_cv_or_ctrv() -> None:
+    assert fallback.predict_one(0, 0, 10, 0, 0.02, H, yaw_eps=0.05)[0] == fallback.CV
+    assert fallback.predict_one(0, 0, 10, 0, 0.02, H, yaw_eps=0.01)[0] == fallback.CTRV

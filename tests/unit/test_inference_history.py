@@ -46,16 +46,37 @@ def test_window_layout_matches_input_spec() -> None:
     assert list(w[-1, 3:]) == pytest.approx([10.0, 0.3, 0.0, 0.0])
 
 
-def test_gap_restarts_history_and_duplicates_are_not_appended() -> None:
-    store = HistoryStore(SPEC, gap_s=1.0)
+def test_duplicates_are_not_appended() -> None:
+    store = HistoryStore(SPEC)
     frames = list(straight("a", 10))
     for f in frames:
         assert store.add(f, 0) == "ok"
     assert store.add(frames[5], 0) == "out_of_order"
-    assert store.window("a") is not None
-    later = SensorFrame("a", 99, frames[-1].t_event_ns + 5 * 10**9, 0, 0, 1, 0, 0, 0)
-    assert store.add(later, 0) == "reset"
-    assert store.window("a") is None
+    assert store.window("a") is not None and store.unusable("a") is None
+
+
+def test_a_gap_wider_than_the_specs_max_gap_makes_windows_unusable_until_it_slides_out() -> None:
+    spec = InputSpec(max_gap_s=0.35)
+    store = HistoryStore(spec, truth_every=1)
+    frames = list(straight("a", 10))
+    for f in frames:
+        store.add(f, 0)
+    t = frames[-1].t_event_ns + 400_000_000  # 0.4 s > 0.35 s
+    assert store.add(SensorFrame("a", 10, t, 0, 0, 1, 0, 0, 0), 0) == "gap"
+    for i in range(1, spec.history):
+        assert store.unusable("a") == "gap", i
+        store.add(SensorFrame("a", 10 + i, t + i * DT_NS, 0, 0, 1, 0, 0, 0), 0)
+    assert store.unusable("a") is None  # the gap left the window
+
+
+def test_the_gap_limit_follows_the_serving_models_spec() -> None:
+    store = HistoryStore(InputSpec(max_gap_s=0.35))
+    for i, f in enumerate(straight("a", 12)):
+        t = f.t_event_ns + (300_000_000 if i >= 5 else 0)  # one 0.4 s step
+        store.add(SensorFrame("a", f.seq, t, f.x, f.y, 10.0, 0.3, 0, 0), 0)
+    assert store.unusable("a") == "gap"
+    store.set_spec(InputSpec(max_gap_s=0.5))  # a model trained with wider gaps
+    assert store.unusable("a") is None
 
 
 def test_ground_truth_is_interpolated_future_positions() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import resource
+import weakref
 
 import numpy as np
 import pytest
@@ -113,14 +114,17 @@ def _rss_mb() -> float:
 
 
 def test_memory_stays_flat_over_100_swaps(good) -> None:
+    """Every retired model and its ORT session is freed (weakrefs die), and RSS stays flat."""
     swapper = ModelSwapper(POLICY, lambda: NO_TRUTH, ServeMetrics())
     serving = None
+    retired: list[tuple[int, weakref.ref, weakref.ref]] = []
 
     def swap(version: int) -> None:
         nonlocal serving
         assert swapper.offer(envelope(good, version)) is not None
         new = swapper.take_ready()
         if serving is not None:
+            retired.append((serving.version, weakref.ref(serving), weakref.ref(serving.session)))
             swapper.retire(serving)
         serving = new
         swapper.release_retired()
@@ -132,5 +136,8 @@ def test_memory_stays_flat_over_100_swaps(good) -> None:
     for v in range(21, 121):
         swap(v)
     gc.collect()
+    alive = [v for v, model, session in retired if model() is not None or session() is not None]
+    assert len(retired) == 119 and not alive, f"retired models still referenced: {alive[:10]}"
+    assert serving is not None and serving.version == 120
     grown = _rss_mb() - before
     assert grown < 20, f"RSS grew {grown:.1f} MB over 100 swaps"

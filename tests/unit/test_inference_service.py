@@ -1,0 +1,271 @@
+"""The serving loop's bookkeeping without a broker: offsets, failed sends, gaps, rebalance.
+
+The producer and consumer here are in-memory stand-ins for the schemas.kafka wrappers; the
+real-broker behaviour is in tests/integration/test_serving.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+from kafka import TopicPartition
+
+from inference import rebalance
+from inference.batching import Pending
+from inference.config import ServeConfig
+from inference.errors import DeliveryError
+from inference.rebalance import RebalanceDrain
+from inference.service import InferenceService
+from schemas.headers import now_ns
+from schemas.kafka import KafkaSettings, Message
+from schemas.model_spec import InputSpec
+from schemas.prediction import decode_prediction
+from schemas.sensor import SensorFrame, encode_frames, frame_headers
+
+TOPIC = "t-sensors"
+DT_NS = 100_000_000
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.flushes = 0
+        self.failures = 0
+        self.last_error: BaseException | None = None
+        self.fail_on_flush = False
+        self.events: list[str] = []
+
+    def send(self, topic, value, key=None, headers=None, partition=None) -> None:
+        self.sent.append((topic, value))
+
+    def flush(self, timeout_s=None) -> None:
+        self.flushes += 1
+        self.events.append("flush")
+        if self.fail_on_flush:
+            self.failures += 1
+            self.last_error = RuntimeError("broker said no")
+
+    def close(self) -> None:
+        pass
+
+    def predictions(self):
+        return [decode_prediction(v) for t, v in self.sent if t.endswith("predictions")]
+
+
+class FakeConsumer:
+    def __init__(self, producer: FakeProducer, batches=()) -> None:
+        self.commits: list[dict] = []
+        self.batches = list(batches)
+        self.producer = producer
+        self.client = object()
+
+    def poll(self, timeout_ms=100, max_records=None) -> list[Message]:
+        item = self.batches.pop(0) if self.batches else []
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def commit(self, offsets) -> None:
+        self.producer.events.append("commit")
+        self.commits.append(dict(offsets))
+
+    def close(self) -> None:
+        pass
+
+
+class StubModel:
+    """Answers zeros; enough for the loop's routing and batching."""
+
+    version, name, provider = 1, "stub", "CPUExecutionProvider"
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec, self.warm_ms = spec, {}
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.zeros((len(x), len(self.spec.horizons_s), 2), np.float32)
+
+
+def frame(vid: str, seq: int, t_ns: int | None = None) -> SensorFrame:
+    t = seq * DT_NS if t_ns is None else t_ns
+    return SensorFrame(vid, seq, 10**9 + t, 1.0 * seq, 0.0, 10.0, 0.0, 0.0, 0.0)
+
+
+def record(offset: int, frames: list[SensorFrame], partition: int = 0) -> Message:
+    headers = frame_headers(now_ns())
+    return Message(TOPIC, partition, offset, 0, None, encode_frames(frames), list(headers))
+
+
+def make_service(batches=(), **kw) -> tuple[InferenceService, FakeProducer, FakeConsumer]:
+    cfg = ServeConfig(budget_ms=60_000, commit_interval_ms=3_600_000, **kw)
+    svc = InferenceService(cfg, KafkaSettings())
+    producer = FakeProducer()
+    consumer = FakeConsumer(producer, batches)
+
+    def open_() -> None:
+        svc._producer, svc._consumer = producer, consumer  # type: ignore[assignment]
+        svc.assigned = {(TOPIC, 0), (TOPIC, 1)}
+
+    svc.open = open_  # type: ignore[method-assign]
+    open_()
+    return svc, producer, consumer
+
+
+def serve(svc: InferenceService, spec: InputSpec) -> None:
+    svc.model = StubModel(spec)  # type: ignore[assignment]
+    svc.history.set_spec(spec)
+
+
+def test_offset_advances_only_after_every_frame_of_the_record_is_answered() -> None:
+    svc, _, _ = make_service()
+    calls = 0
+    add = svc.history.add
+
+    def add_then_fail(f, partition):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("bug while answering the second frame")
+        return add(f, partition)
+
+    svc.history.add = add_then_fail  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        svc._handle(record(7, [frame("a", 1), frame("a", 2)]), now_ns())
+    assert (TOPIC, 0) not in svc._next_offset  # the record is not done: never committable
+    svc._handle(record(8, [frame("b", 1)]), now_ns())
+    assert svc._next_offset[(TOPIC, 0)] == 9
+
+
+def test_a_crashed_loop_commits_nothing_on_close() -> None:
+    ok = record(0, [frame("a", 1)])
+    svc, producer, consumer = make_service(batches=[[ok], RuntimeError("boom")])
+    with pytest.raises(RuntimeError, match="boom"):
+        svc.run()
+    assert len(producer.predictions()) == 1  # answered, but the loop died afterwards
+    assert consumer.commits == [] and isinstance(svc.error, RuntimeError)
+    assert not svc.health()["ok"]
+
+
+def test_a_normal_stop_answers_and_commits() -> None:
+    ok = record(0, [frame("a", 1)])
+    svc, producer, consumer = make_service(batches=[[ok]])
+    svc.run(until=lambda: not consumer.batches)
+    assert consumer.commits == [{(TOPIC, 0): 1}]
+    assert producer.events == ["flush", "commit"]
+
+
+def test_failed_delivery_is_never_committed_and_stops_the_service() -> None:
+    svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
+    producer.fail_on_flush = True
+    svc.step()
+    with pytest.raises(DeliveryError, match="could not be delivered"):
+        svc._commit()
+    assert consumer.commits == []
+    with pytest.raises(DeliveryError):
+        svc.step()  # the loop stops at its next iteration too
+    svc.close(clean=False)
+    assert consumer.commits == []
+
+
+def test_failure_reported_between_flushes_stops_the_next_step() -> None:
+    svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])], []])
+    svc.step()
+    producer.failures, producer.last_error = 1, RuntimeError("timed out")  # errback fired
+    with pytest.raises(DeliveryError, match="timed out"):
+        svc.step()
+    svc._commit()
+    assert consumer.commits == []
+
+
+def test_window_wider_than_the_models_max_gap_falls_back_with_reason_gap() -> None:
+    def feed(svc: InferenceService) -> list[str]:
+        times = [i * DT_NS for i in range(10)] + [
+            9 * DT_NS + 500_000_000 + i * DT_NS for i in range(12)
+        ]
+        for seq, t in enumerate(times):
+            svc._handle(record(seq, [frame("a", seq, t)]), now_ns())
+        return [p.reason for p in producer.predictions()]
+
+    svc, producer, _ = make_service()
+    serve(svc, InputSpec(max_gap_s=0.35))
+    reasons = feed(svc)
+    assert reasons[:9] == ["warmup"] * 9
+    assert reasons[9:] == ["gap"] * 9  # the 0.5 s gap stays in the window for 9 frames
+    assert len(svc.batcher) == 1 + 3  # before the gap, and once it slid out
+
+    svc, producer, _ = make_service()
+    serve(svc, InputSpec(max_gap_s=1.0))  # a model trained on wider gaps takes them
+    assert "gap" not in feed(svc)
+
+
+def test_only_mismatched_windows_of_a_batch_fall_back() -> None:
+    svc, producer, _ = make_service()
+    spec = InputSpec()
+    serve(svc, spec)
+    deadline = now_ns() + 60 * 10**9
+    items = [
+        Pending(
+            frame(v, 1), np.zeros((n, 7), np.float32), TOPIC, 0, i, now_ns(), now_ns(), deadline
+        )
+        for i, (v, n) in enumerate([("a", 10), ("b", 5), ("c", 10)])
+    ]
+    svc._run_batch(items)
+    got = {p.vehicle_id: (p.source, p.reason) for p in producer.predictions()}
+    assert got == {"a": ("model", ""), "b": ("fallback", "warmup"), "c": ("model", "")}
+
+
+def _waiting(svc: InferenceService, partition: int, offset: int, vid: str) -> None:
+    deadline = now_ns() + 60 * 10**9
+    win = np.zeros((10, 7), np.float32)
+    svc.batcher.add(
+        Pending(frame(vid, 1), win, TOPIC, partition, offset, now_ns(), now_ns(), deadline)
+    )
+    svc._next_offset[(TOPIC, partition)] = offset + 1
+
+
+def test_revoke_answers_flushes_and_commits_inside_the_listener(monkeypatch) -> None:
+    svc, producer, _ = make_service()
+    serve(svc, InputSpec())
+    _waiting(svc, 0, 41, "a")
+    _waiting(svc, 1, 7, "b")
+    svc.history.add(frame("a", 1), 0)
+    committed: list[dict] = []
+
+    async def commit(client, offsets):
+        producer.events.append("commit")
+        committed.append(offsets)
+
+    monkeypatch.setattr(rebalance, "commit_on_loop", commit)
+    asyncio.run(RebalanceDrain(svc).on_partitions_revoked({TopicPartition(TOPIC, 0)}))
+
+    preds = producer.predictions()
+    assert [(p.vehicle_id, p.source, p.reason) for p in preds] == [("a", "fallback", "rebalance")]
+    assert producer.events == ["flush", "commit"] and committed == [{(TOPIC, 0): 42}]
+    assert [it.partition for it in svc.batcher.drain()] == [1]  # partition 1 keeps waiting
+    assert svc.assigned == {(TOPIC, 1)} and len(svc.history) == 0
+    assert (TOPIC, 0) not in svc._next_offset
+
+
+def test_revoke_after_a_failed_send_commits_nothing_and_says_so(monkeypatch, caplog) -> None:
+    svc, producer, _ = make_service()
+    _waiting(svc, 0, 3, "a")
+    producer.fail_on_flush = True
+
+    async def commit(client, offsets):
+        raise AssertionError("must not commit past a failed send")
+
+    monkeypatch.setattr(rebalance, "commit_on_loop", commit)
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(RebalanceDrain(svc).on_partitions_revoked({TopicPartition(TOPIC, 0)}))
+    assert "not drained" in caplog.text
+    with pytest.raises(DeliveryError):
+        svc.step()
+
+
+def test_lost_partitions_are_dropped_unanswered() -> None:
+    svc, producer, _ = make_service()
+    _waiting(svc, 0, 3, "a")
+    asyncio.run(RebalanceDrain(svc).on_partitions_lost({TopicPartition(TOPIC, 0)}))
+    assert producer.sent == [] and len(svc.batcher) == 0 and svc._next_offset == {}
