@@ -36,22 +36,11 @@ from schemas.model_spec import DEFAULT_SPEC
 from schemas.sensor import encode_frames, frame_headers, table_to_frames
 from schemas.topics import TopicNames, default_topics
 from trainer.config import TrainConfig
-from trainer.loop import TrainLoop
+from trainer.loop import NullSource, TrainLoop
 from trainer.metrics import PREDICTORS
 from trainer.windowing import Windower
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class _Source:
-    def poll(self, timeout_s: float) -> list:
-        return []
-
-    def positions(self) -> dict[int, int]:
-        return {}
-
-    def commit(self) -> None:
-        pass
 
 
 def _scaling_rank(rank: int, world: int, store: str, seconds: float, out: str) -> None:
@@ -61,7 +50,7 @@ def _scaling_rank(rank: int, world: int, store: str, seconds: float, out: str) -
     samples = Windower(DEFAULT_SPEC).add_many(table_to_frames(table))
     with tempfile.TemporaryDirectory() as ckpt:
         cfg = TrainConfig(checkpoint_dir=ckpt, sync_every_steps=10_000, replay_capacity=20_000)
-        loop = TrainLoop(cfg, DEFAULT_SPEC, _Source(), None)
+        loop = TrainLoop(cfg, DEFAULT_SPEC, NullSource(), None)
         loop.replay.add(samples)
         for _ in range(20):  # warm-up
             loop.step()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer import cli
+from trainer.signals import install_stop_handler
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_stop_handler()  # first: a SIGTERM during startup is a clean stop, not -15
+    from trainer import cli
+
     parser = argparse.ArgumentParser(prog="python -m trainer", description="drivestream trainer")
     verbs = parser.add_subparsers(dest="verb", required=True)
     train = verbs.add_parser("train", help="run a DDP trainer group (torchrun)")

@@ -9,6 +9,7 @@ import sys
 from schemas.config import add_config_arguments, config_from_args
 from schemas.errors import DrivestreamError
 from trainer.config import PSConfig, TrainConfig
+from trainer.signals import install_stop_handler
 
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
 
@@ -26,6 +27,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Start ``--nproc`` DDP ranks under torchrun and wait for them."""
+    stop = install_stop_handler()  # before the slow part: SIGTERM at startup stops cleanly
     from trainer.launch import launch
 
     setup_logging()
@@ -34,7 +36,7 @@ def run_train(args: argparse.Namespace) -> int:
     except DrivestreamError as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
-    return launch(cfg)
+    return launch(cfg, stop)
 
 
 def add_ps_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,11 +46,12 @@ def add_ps_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_ps(args: argparse.Namespace) -> int:
     """Run the parameter server until SIGTERM/SIGINT or ``--duration-s``."""
+    stop = install_stop_handler()  # before importing torch: SIGTERM at startup stops cleanly
     from trainer.ps import serve
 
     setup_logging()
     try:
-        return serve(config_from_args(PSConfig, args))
+        return serve(config_from_args(PSConfig, args), stop)
     except DrivestreamError as exc:
         print(f"ps: {exc}", file=sys.stderr)
         return 2

@@ -14,10 +14,12 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class WindowConfig:
-    """How frames become samples: gap limits, lateness and the holdout split."""
+    """How frames become samples: label gap, lateness and the holdout split.
 
-    max_history_gap_s: float = 0.35
-    """Skip a sample whose history has two consecutive frames further apart than this."""
+    The history gap limit is not here: it is ``InputSpec.max_gap_s``, part of the model
+    contract, so training and serving read the one value the exported envelope carries.
+    """
+
     max_label_gap_s: float = 0.5
     """Skip a sample whose ground truth would be interpolated across a wider gap."""
     allowed_lateness_s: float = 0.0
@@ -28,8 +30,8 @@ class WindowConfig:
     """Share of vehicles (by hash of vehicle_id) kept out of training for online eval."""
 
     def __post_init__(self) -> None:
-        if self.max_history_gap_s <= 0 or self.max_label_gap_s <= 0:
-            raise ConfigError("max_history_gap_s and max_label_gap_s must be > 0")
+        if self.max_label_gap_s <= 0:
+            raise ConfigError(f"max_label_gap_s must be > 0, got {self.max_label_gap_s}")
         if self.allowed_lateness_s < 0:
             raise ConfigError(f"allowed_lateness_s must be >= 0, got {self.allowed_lateness_s}")
         if self.max_frames < 8:
@@ -67,7 +69,6 @@ class TrainConfig:
     status_every_s: float = field(default=10.0, metadata=_help("status line period"))
     seed: int = field(default=0, metadata=_help("model init seed (must match the server's)"))
     hidden: int = field(default=128, metadata=_help("MLP hidden width (must match the server)"))
-    max_history_gap_s: float = field(default=0.35, metadata=_help("history gap limit (s)"))
     max_label_gap_s: float = field(default=0.5, metadata=_help("label interpolation gap (s)"))
     allowed_lateness_s: float = field(default=0.0, metadata=_help("wait for late frames (s)"))
     holdout_fraction: float = field(default=0.2, metadata=_help("vehicles held out for eval"))
@@ -90,7 +91,6 @@ class TrainConfig:
 
     def window(self) -> WindowConfig:
         return WindowConfig(
-            max_history_gap_s=self.max_history_gap_s,
             max_label_gap_s=self.max_label_gap_s,
             allowed_lateness_s=self.allowed_lateness_s,
             holdout_fraction=self.holdout_fraction,

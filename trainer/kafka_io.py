@@ -6,13 +6,21 @@ import logging
 import time
 
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 
-from schemas.errors import ConfigError, ValidationError
+from schemas.errors import ConfigError, DrivestreamError, ValidationError
 from schemas.kafka import Consumer, KafkaSettings, Producer
 from schemas.sensor import SensorFrame, check_frame_headers, decode_frames
 from trainer import wire
 
 log = logging.getLogger(__name__)
+
+PUSH_TIMEOUT_S = 30.0
+"""Longest wait for the broker to acknowledge one delta push."""
+
+
+class PushError(DrivestreamError):
+    """A delta was not delivered to ps-updates; the group must restart from its checkpoint."""
 
 
 def owned_partitions(partitions: set[int], rank: int, world: int) -> list[int]:
@@ -91,7 +99,11 @@ class KafkaFrameSource:
 
 
 class KafkaPSLink:
-    """Pushes deltas to ps-updates (one partition: a total order) and tails ps-weights."""
+    """Pushes deltas to ps-updates (one partition: a total order) and tails ps-weights.
+
+    A push returns only once the broker has acknowledged the delta (acks=all), so the loop
+    moves its anchor, checkpoints and commits only what the server is sure to receive.
+    """
 
     def __init__(self, settings: KafkaSettings, updates_topic: str, weights_topic: str) -> None:
         self.updates_topic = updates_topic
@@ -103,15 +115,44 @@ class KafkaPSLink:
         end = self._consumer.client.end_offsets([tp])[tp]
         self._consumer.seek(weights_topic, 0, max(0, end - 1))  # newest weights only
         self._latest: wire.Weights | None = None
+        self.pending_offset: int | None = None
+        """ps-updates offset of the last push, until published weights have processed it."""
 
     def push(self, delta: wire.Delta) -> None:
-        self._producer.send(
-            self.updates_topic,
-            wire.encode_delta(delta),
-            key=delta.group,
-            headers=wire.delta_headers(),
-            partition=0,
-        )
+        """Send ``delta`` and wait for its acknowledgement; raise :class:`PushError` if not."""
+        failures = self._producer.failures
+        try:
+            future = self._producer.send(
+                self.updates_topic,
+                wire.encode_delta(delta),
+                key=delta.group,
+                headers=wire.delta_headers(),
+                partition=0,
+            )
+            meta = future.get(timeout=PUSH_TIMEOUT_S)
+        except KafkaError as exc:
+            raise PushError(
+                f"delta push to {self.updates_topic!r} not delivered ({exc!r}); "
+                "restarting from the last checkpoint: check the broker"
+            ) from exc
+        if self._producer.failures != failures:
+            raise PushError(
+                f"delta push to {self.updates_topic!r} failed ({self._producer.last_error!r}); "
+                "restarting from the last checkpoint: check the broker"
+            )
+        self.pending_offset = int(meta.offset)
+
+    def ready(self) -> bool:
+        """True once the server has published weights that processed the previous push.
+
+        Until then the group keeps training and accumulates its delta: while the server is
+        down it gets one larger delta on restart, not a backlog that replays stale.
+        """
+        w = self.latest()
+        pending = self.pending_offset
+        if pending is not None and w is not None and w.updates_offset > pending:
+            self.pending_offset = None
+        return self.pending_offset is None
 
     def latest(self) -> wire.Weights | None:
         newest = None

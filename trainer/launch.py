@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from trainer.config import TrainConfig
@@ -70,8 +71,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.send_signal(signal.SIGTERM)
 
 
-def launch(cfg: TrainConfig) -> int:
-    """Run torchrun in the foreground; return 0 after a requested stop."""
+def launch(cfg: TrainConfig, stop: threading.Event | None = None) -> int:
+    """Run torchrun in the foreground; return 0 after a requested stop.
+
+    ``stop`` is the startup signal handler's event: a stop asked before the ranks exist
+    starts nothing, or is forwarded as soon as they do.
+    """
+    if stop is not None and stop.is_set():
+        return 0
     proc = subprocess.Popen(torchrun_command(cfg))
     stopping = False
 
@@ -81,6 +88,8 @@ def launch(cfg: TrainConfig) -> int:
         _stop(proc)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    if stop is not None and stop.is_set():  # arrived while torchrun was starting
+        forward(signal.SIGTERM, None)
     try:
         while True:
             try:

@@ -5,7 +5,9 @@ model before training on them (test-then-train), then runs one collective step o
 from its replay buffer. A rank with no data contributes a zero-weight batch, and the
 decision to step (and to stop) is taken from an all-reduced count, so uneven partitions
 never hang a collective. Every ``sync_every_steps`` rank 0 pushes the group's delta to the
-parameter server, pulls the newest weights and broadcasts them; it also checkpoints.
+parameter server (waiting for delivery), pulls the newest weights and broadcasts them; it
+also checkpoints. While the server has not yet processed the previous push, rank 0 holds the
+next one back and the delta keeps accumulating (one fresh delta instead of a stale backlog).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ METRICS_DECAY = 0.97
 """Per-sync decay of the online error sums (about a 20-sync half-life)."""
 IDLE_VEHICLE_NS = 60 * 1_000_000_000
 """A vehicle silent this long (sensor clock) loses its window buffer."""
+FINAL_PUSH_WAIT_S = 10.0
+"""How long the stop sync waits for the server to process the previous push."""
 
 
 class FrameSource(Protocol):
@@ -55,10 +59,29 @@ class FrameSource(Protocol):
     def commit(self) -> None: ...
 
 
+class NullSource:
+    """A source with no data: a placeholder until the real one exists, and for benchmarks."""
+
+    def poll(self, timeout_s: float) -> list[tuple[list[SensorFrame], int]]:
+        return []
+
+    def positions(self) -> dict[int, int]:
+        return {}
+
+    def commit(self) -> None:
+        pass
+
+
 class PSLink(Protocol):
     """Rank 0's channel to the parameter server."""
 
-    def push(self, delta: Delta) -> None: ...
+    def push(self, delta: Delta) -> None:
+        """Deliver ``delta``; return only once it is durably on its way to the server."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether the server's published weights have processed the previous push."""
+        ...
 
     def latest(self) -> Weights | None:
         """Newest weights received so far (non-blocking)."""
@@ -72,6 +95,8 @@ class Counters:
     scored: int = 0
     pushes: int = 0
     pulls: int = 0
+    held: int = 0
+    """Syncs whose push was held back (the server had not processed the previous one)."""
     empty_steps: int = 0
 
 
@@ -101,6 +126,8 @@ class TrainLoop:
         self._label_ns = 0
         self._label_produce_ns = 0
         self._samples_since_sync = 0
+        self._unpushed_samples = 0
+        self._unpushed_steps = 0
         self.ckpt_path = Path(cfg.checkpoint_dir) / f"trainer-{cfg.group_id}.pt"
         self.resumed_offsets: dict[int, int] = {}
         self._restore_or_pull()
@@ -130,8 +157,11 @@ class TrainLoop:
             self.anchor = {k: v.numpy() for k, v in ckpt["anchor"].items()}
             self.counters.steps = int(ckpt["steps"])
             self.counters.samples = int(ckpt["samples"])
+            self._unpushed_samples = int(ckpt.get("unpushed_samples", 0))
+            self._unpushed_steps = int(ckpt.get("unpushed_steps", 0))
             self.resumed_offsets = {int(p): int(o) for p, o in ckpt["offsets"].items()}
-        self._pull()
+        # a checkpoint holding a held-back delta keeps it: it is pushed at the next sync
+        self._pull(offer=self._unpushed_steps == 0)
 
     # ---- the step -------------------------------------------------------------------------
 
@@ -188,14 +218,20 @@ class TrainLoop:
         self._samples_since_sync += batch.fresh
         self._label_ns = max(self._label_ns, batch.label_ns)
         self._label_produce_ns = max(self._label_produce_ns, batch.label_produce_ns)
+        self._unpushed_steps += 1
         if self.counters.steps % self.cfg.sync_every_steps == 0 or stop_any:
-            self.sync()
+            self.sync(final=stop_any)
         return stop_any
 
     # ---- sync with the parameter server ---------------------------------------------------
 
-    def sync(self) -> None:
-        """Gather group stats, push the delta, pull newer weights, checkpoint, commit."""
+    def sync(self, final: bool = False) -> None:
+        """Gather group stats, push the delta, pull newer weights, checkpoint, commit.
+
+        ``final`` (the stop sync) waits up to ``FINAL_PUSH_WAIT_S`` for the server to process
+        the previous push so the last delta goes out; if it does not, it stays in the
+        checkpoint (model minus anchor) and is pushed after the restart.
+        """
         stats = torch.tensor(
             [self._label_ns, self._label_produce_ns], dtype=torch.int64, device=self.device
         )
@@ -214,16 +250,18 @@ class TrainLoop:
         self.windower.evict_idle(self.windower.newest_ns - IDLE_VEHICLE_NS)
         merged = {int(p): int(o) for part in offsets for p, o in part.items()}
         self.counters.samples += int(samples.item())
-        if self.rank == 0 and self.link is not None:
+        self._unpushed_samples += int(samples.item())
+        pushed = False
+        if self.rank == 0 and self.link is not None and self._ready(final):
             current = trainable_state(self.model)
-            delta = {k: current[k] - self.anchor[k] for k in current}
+            # blocks until delivered; raises (no anchor move, checkpoint or commit) if not
             self.link.push(
                 Delta(
                     group=self.cfg.group_id,
                     base_version=self.base_version,
-                    tensors=delta,
-                    steps=self.cfg.sync_every_steps,
-                    samples=int(samples.item()),
+                    tensors={k: current[k] - self.anchor[k] for k in current},
+                    steps=self._unpushed_steps,
+                    samples=self._unpushed_samples,
                     trained_until_ns=int(stats[0].item()),
                     trained_until_produce_ns=int(stats[1].item()),
                     sensor_offsets=merged,
@@ -232,15 +270,29 @@ class TrainLoop:
             )
             self.counters.pushes += 1
             self.anchor = current  # what was pushed must never be pushed again
-        self._pull()
+            self._unpushed_samples = self._unpushed_steps = 0
+            pushed = True
+        elif self.rank == 0 and self.link is not None:
+            self.counters.held += 1
+        # pulling while a push is held back would overwrite the unpushed training
+        self._pull(offer=pushed)
         if self.rank == 0:
             self._checkpoint(merged)
         self.source.commit()
 
-    def _pull(self) -> None:
-        """Rank 0 offers newer server weights; every rank loads the same ones."""
+    def _ready(self, final: bool) -> bool:
+        assert self.link is not None
+        deadline = time.monotonic() + (FINAL_PUSH_WAIT_S if final else 0.0)
+        while not self.link.ready():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _pull(self, offer: bool = True) -> None:
+        """Rank 0 offers newer server weights (if ``offer``); every rank loads the same ones."""
         payload: list[Any] = [None]
-        if self.rank == 0 and self.link is not None:
+        if self.rank == 0 and self.link is not None and offer:
             w = self.link.latest()
             if w is not None and w.version > self.base_version:
                 payload[0] = (w.version, w.tensors)
@@ -262,6 +314,8 @@ class TrainLoop:
                 "anchor": {k: torch.from_numpy(v) for k, v in self.anchor.items()},
                 "steps": self.counters.steps,
                 "samples": self.counters.samples,
+                "unpushed_samples": self._unpushed_samples,
+                "unpushed_steps": self._unpushed_steps,
                 "offsets": offsets,
             },
             buf,

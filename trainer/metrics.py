@@ -1,6 +1,7 @@
 """Physics baselines (CV, CTRV) and online ADE/FDE accounting per horizon.
 
-Both baselines start from the newest history frame (its x, y, speed, heading, yaw_rate), so
+Both baselines are schemas.kinematics' (the one implementation inference and the report
+use too), started from the newest history frame (its x, y, speed, heading, yaw_rate), so
 they score exactly the samples the model scores (test-then-train).
 """
 
@@ -8,28 +9,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from schemas.kinematics import predict_ctrv, predict_cv
+
 PREDICTORS = ("model", "cv", "ctrv")
 SPLITS = ("holdout", "train")
 
 
 def constant_velocity(windows: np.ndarray, horizons_s: tuple[float, ...]) -> np.ndarray:
-    """[B, T, 7] windows -> [B, H, 2] absolute positions under constant velocity."""
+    """[B, T, 7] windows -> [B, H, 2] float32 positions by schemas.kinematics.predict_cv."""
     last = windows[:, -1, :].astype(np.float64)
-    t = np.asarray(horizons_s, dtype=np.float64)[None, :]
-    x, y, v, h = last[:, 1:2], last[:, 2:3], last[:, 3:4], last[:, 4:5]
-    return np.stack([x + v * np.cos(h) * t, y + v * np.sin(h) * t], axis=-1).astype(np.float32)
+    return predict_cv(last[:, 1], last[:, 2], last[:, 3], last[:, 4], horizons_s).astype(np.float32)
 
 
 def ctrv(windows: np.ndarray, horizons_s: tuple[float, ...]) -> np.ndarray:
-    """Constant turn rate and velocity; falls back to CV where |yaw_rate| is ~0."""
+    """[B, T, 7] windows -> [B, H, 2] float32 positions by schemas.kinematics.predict_ctrv
+    (the baseline inference falls back to and the report scores against)."""
     last = windows[:, -1, :].astype(np.float64)
-    t = np.asarray(horizons_s, dtype=np.float64)[None, :]
-    x, y, v, h, w = (last[:, i : i + 1] for i in (1, 2, 3, 4, 5))
-    straight = np.abs(w) < 1e-4
-    w_safe = np.where(straight, 1.0, w)
-    px = np.where(straight, x + v * np.cos(h) * t, x + v / w_safe * (np.sin(h + w * t) - np.sin(h)))
-    py = np.where(straight, y + v * np.sin(h) * t, y + v / w_safe * (np.cos(h) - np.cos(h + w * t)))
-    return np.stack([px, py], axis=-1).astype(np.float32)
+    x, y, v, h, w = (last[:, i] for i in (1, 2, 3, 4, 5))
+    return predict_ctrv(x, y, v, h, w, horizons_s).astype(np.float32)
 
 
 class OnlineMetrics:

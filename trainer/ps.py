@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ from kafka import TopicPartition
 
 from schemas import topics
 from schemas.envelope import ModelEnvelope, encode_envelope, envelope_headers
-from schemas.errors import ValidationError
+from schemas.errors import DrivestreamError, ValidationError
 from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Producer
 from schemas.model_spec import DEFAULT_SPEC, InputSpec
@@ -35,8 +34,13 @@ from trainer.export import OnnxExporter
 from trainer.kafka_io import wait_partitions
 from trainer.model import build_model, trainable_state
 from trainer.server_state import ServerState
+from trainer.signals import install_stop_handler
 
 log = logging.getLogger("trainer.ps")
+
+
+class UpdatesLostError(DrivestreamError):
+    """ps-updates no longer holds the records the server checkpoint resumes from."""
 
 
 class ParameterServer:
@@ -60,8 +64,8 @@ class ParameterServer:
             )
         self.prefix = cfg.topic_prefix
         self.replayed = 0
-        self.exported_version = -1
-        self.published_version = -1
+        self.published: tuple[int, int] | None = None
+        """(version, updates_offset) last sent to ps-weights."""
         self.checkpointed_version = self.state.version if raw is not None else -1
 
     # ---- outputs --------------------------------------------------------------------------
@@ -72,7 +76,10 @@ class ParameterServer:
 
     def publish_weights(self, producer: Producer) -> None:
         w = wire.Weights(
-            version=self.state.version, tensors=self.state.weights, created_ns=now_ns()
+            version=self.state.version,
+            tensors=self.state.weights,
+            created_ns=now_ns(),
+            updates_offset=self.state.updates_offset,
         )
         producer.send(
             self.prefix + topics.PS_WEIGHTS,
@@ -80,7 +87,7 @@ class ParameterServer:
             key=self.cfg.model_name,
             headers=wire.weights_headers(),
         )
-        self.published_version = self.state.version
+        self.published = (self.state.version, self.state.updates_offset)
 
     def export(self, producer: Producer) -> ModelEnvelope:
         """ONNX for the current version -> registry (.onnx + .json) and ``models``."""
@@ -94,7 +101,7 @@ class ParameterServer:
         env = ModelEnvelope(
             name=self.cfg.model_name,
             version=s.version,
-            parent_version=max(self.exported_version, 0),
+            parent_version=max(s.exported_version, 0),  # persisted: survives restarts
             created_ns=now_ns(),
             trained_until_ns=s.trained_until_ns,
             steps=s.steps,
@@ -115,8 +122,12 @@ class ParameterServer:
             key=env.name,
             headers=envelope_headers(),
         )
-        self.exported_version = s.version
+        s.exported_version = s.version
         return env
+
+    @property
+    def exported_version(self) -> int:
+        return self.state.exported_version
 
     # ---- loop -----------------------------------------------------------------------------
 
@@ -140,8 +151,9 @@ class ParameterServer:
         try:
             wait_partitions(consumer, updates)
             consumer.assign(updates, [0])
-            consumer.seek(updates, 0, self.state.updates_offset)
             tp = TopicPartition(updates, 0)
+            self._check_retention(consumer.client.beginning_offsets([tp])[tp])
+            consumer.seek(updates, 0, self.state.updates_offset)
             replay_end = consumer.client.end_offsets([tp])[tp]
             while self.state.updates_offset < replay_end and not stop.is_set():
                 before = self.state.updates_offset
@@ -159,6 +171,21 @@ class ParameterServer:
             consumer.close()
             producer.close()
 
+    def _check_retention(self, begin: int) -> None:
+        """A checkpoint behind the log start would silently lose the deltas in between."""
+        if self.state.updates_offset >= begin:
+            return
+        if self.checkpointed_version < 0:  # no checkpoint: a fresh start on an aged topic
+            log.warning("no checkpoint; ps-updates starts at %d (older records deleted)", begin)
+            self.state.updates_offset = begin
+            return
+        raise UpdatesLostError(
+            f"checkpoint {self.ckpt_path} resumes ps-updates at offset "
+            f"{self.state.updates_offset} but the topic now begins at {begin}: retention "
+            "deleted accepted deltas. Raise retention.ms on ps-updates; to accept the loss, "
+            "move the checkpoint away (the server then starts from fresh weights)"
+        )
+
     def _serve(self, consumer: Consumer, producer: Producer, stop: threading.Event) -> None:
         cfg = self.cfg
         start = last_pub = last_ckpt = last_export = last_status = time.monotonic()
@@ -171,7 +198,9 @@ class ParameterServer:
             self._apply(consumer.poll(100, max_records=100))
             now = time.monotonic()
             v = self.state.version
-            if v != self.published_version and now - last_pub >= cfg.publish_every_s:
+            # a rejected delta moves only the offset: publish it too, trainers wait on it
+            current = (v, self.state.updates_offset)
+            if current != self.published and now - last_pub >= cfg.publish_every_s:
                 self.publish_weights(producer)
                 last_pub = now
             if v != self.checkpointed_version and now - last_ckpt >= cfg.checkpoint_every_s:
@@ -202,17 +231,16 @@ class ParameterServer:
         )
 
 
-def serve(cfg: PSConfig) -> int:
-    """Run a server until SIGTERM/SIGINT or ``--duration-s``; checkpoint on the way out."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+def serve(cfg: PSConfig, stop: threading.Event | None = None) -> int:
+    """Run a server until ``stop`` (SIGTERM/SIGINT) or ``--duration-s``; checkpoint on exit."""
+    stop = stop or install_stop_handler()
     server = ParameterServer(cfg, KafkaSettings.from_env(bootstrap=cfg.bootstrap))
     server.run(stop)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_stop_handler()
     from trainer import cli
 
     parser = argparse.ArgumentParser(prog="python -m trainer.ps", description=__doc__)

@@ -50,6 +50,8 @@ class ServerState:
         self.rejected = 0
         self.sensor_offsets: dict[str, dict[int, int]] = {}
         self.metrics: dict[str, float] = {}
+        self.exported_version = -1
+        """Newest version exported as ONNX (the next export's parent); -1 before any."""
 
     def apply(self, delta: wire.Delta, offset: int) -> MergeResult:
         """Merge one delta read at ``offset`` of ps-updates."""
@@ -103,6 +105,7 @@ class ServerState:
     def state_dict(self) -> dict[str, Any]:
         return {
             **{k: getattr(self, k) for k in self._SCALARS},
+            "exported_version": self.exported_version,
             "sensor_offsets": {g: dict(o) for g, o in self.sensor_offsets.items()},
             "metrics": dict(self.metrics),
             "weights": {k: v.copy() for k, v in self.weights.items()},
@@ -111,6 +114,7 @@ class ServerState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in self._SCALARS:
             setattr(self, k, int(state[k]))
+        self.exported_version = int(state.get("exported_version", -1))  # older checkpoints
         self.sensor_offsets = {
             g: {int(p): int(o) for p, o in offs.items()}
             for g, offs in state["sensor_offsets"].items()

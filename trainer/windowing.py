@@ -3,7 +3,8 @@
 A frame at t becomes the newest frame ("anchor") of a sample once a frame at
 t + max horizon (+ allowed lateness) has arrived. Ground truth at each horizon is
 interpolated in time between the two frames around it, never taken by index, so irregular
-and missing frames give correct labels or no sample at all (see the gap limits).
+and missing frames give correct labels or no sample at all (see the gap limits; the history
+gap limit is ``InputSpec.max_gap_s``, the same one serving applies).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class Windower:
         times = v.times
         t0 = times[a]
         hist = times[a + 1 - n : a + 1]
-        max_gap = round(self.config.max_history_gap_s * NS)
+        max_gap = round(self.spec.max_gap_s * NS)  # the serving contract's limit
         if any(b - a_ > max_gap for a_, b in itertools.pairwise(hist)):
             self.stats.skipped_history += 1
             return None

@@ -46,6 +46,10 @@ class Weights:
     version: int
     tensors: Tensors = field(repr=False)
     created_ns: int = 0
+    updates_offset: int = 0
+    """Next ps-updates offset the server will apply: every delta before it (accepted or
+    rejected) has been processed into these weights. Trainers hold back their next push
+    until this passes their previous one."""
 
 
 def pack_tensors(meta: dict[str, Any], tensors: Tensors) -> bytes:
@@ -106,14 +110,18 @@ def decode_delta(value: bytes) -> Delta:
 
 
 def encode_weights(w: Weights) -> bytes:
-    return pack_tensors({"version": w.version, "created_ns": w.created_ns}, w.tensors)
+    meta = {"version": w.version, "created_ns": w.created_ns, "updates_offset": w.updates_offset}
+    return pack_tensors(meta, w.tensors)
 
 
 def decode_weights(value: bytes) -> Weights:
     meta, tensors = unpack_tensors(value, "ps_weights")
     try:
         return Weights(
-            version=int(meta["version"]), tensors=tensors, created_ns=int(meta["created_ns"])
+            version=int(meta["version"]),
+            tensors=tensors,
+            created_ns=int(meta["created_ns"]),
+            updates_offset=int(meta.get("updates_offset", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError("ps_weights", f"bad header: {exc}") from exc

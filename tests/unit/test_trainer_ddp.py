@@ -74,6 +74,9 @@ class FakeLink:
                 version=5, tensors={k: v * 0 + 0.01 for k, v in delta.tensors.items()}
             )
 
+    def ready(self) -> bool:
+        return True
+
     def latest(self) -> Weights | None:
         return self.offer
 

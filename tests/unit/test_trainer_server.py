@@ -122,3 +122,61 @@ def test_wire_round_trip_and_truncation() -> None:
     assert w.version == 9 and float(w.tensors["b"][0]) == 2.0
     with pytest.raises(CodecError):
         wire.decode_delta(wire.encode_delta(d)[:-3])
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes]] = []
+
+    def send(self, topic: str, value: bytes, **_: object) -> None:
+        self.records.append((topic, value))
+
+
+def _server(tmp_path):
+    from schemas.kafka import KafkaSettings
+    from trainer.config import PSConfig
+    from trainer.ps import ParameterServer
+
+    cfg = PSConfig(
+        checkpoint_dir=str(tmp_path / "ps"), registry_dir=str(tmp_path / "reg"), hidden=16
+    )
+    return ParameterServer(cfg, KafkaSettings(bootstrap="127.0.0.1:9"))  # connects lazily
+
+
+def test_export_lineage_survives_a_restart(tmp_path) -> None:
+    from schemas.envelope import decode_envelope
+
+    ps, sent = _server(tmp_path), _Sent()
+    ps.export(sent)  # v0
+    for i in range(3):
+        ps.state.apply(wire.Delta(group="g", base_version=i, tensors=ps.state.weights), i)
+    ps.export(sent)  # v3, parent v0
+    ps.checkpoint()
+    restarted = _server(tmp_path)
+    for i in range(3, 5):
+        restarted.state.apply(wire.Delta(group="g", base_version=i, tensors=ps.state.weights), i)
+    env = restarted.export(sent)
+    assert (env.version, env.parent_version) == (5, 3), "parent is the last export, not v0"
+    assert decode_envelope(sent.records[-1][1]).input_spec.max_gap_s == 0.35
+
+
+def test_checkpoint_behind_retention_is_an_error_not_a_silent_reset(tmp_path) -> None:
+    from trainer.ps import UpdatesLostError
+
+    fresh = _server(tmp_path)
+    fresh._check_retention(10)  # no checkpoint: starts where the log starts
+    assert fresh.state.updates_offset == 10
+    fresh.state.updates_offset = 4
+    fresh.checkpoint()
+    restarted = _server(tmp_path)
+    restarted._check_retention(4)
+    with pytest.raises(UpdatesLostError, match="retention"):
+        restarted._check_retention(7)
+
+
+def test_published_weights_carry_the_processed_offset(tmp_path) -> None:
+    ps, sent = _server(tmp_path), _Sent()
+    ps.state.skip(0)  # a rejected/unreadable record moves only the offset
+    ps.publish_weights(sent)
+    w = wire.decode_weights(sent.records[-1][1])
+    assert (w.version, w.updates_offset) == (0, 1)

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
+from schemas.kinematics import predict_ctrv, predict_cv
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
-from trainer.config import WindowConfig
+from trainer.config import TrainConfig, WindowConfig
 from trainer.metrics import OnlineMetrics, constant_velocity, ctrv
 from trainer.windowing import NS, Windower, is_holdout
 
@@ -51,7 +52,7 @@ def test_window_layout_matches_model_spec_contract() -> None:
 
 
 def test_irregular_frames_interpolate_labels_in_time_not_by_index() -> None:
-    win = Windower(SPEC, WindowConfig(max_history_gap_s=0.5))
+    win = Windower(InputSpec(history=4, horizons_s=(0.5, 1.0), max_gap_s=0.5))
     times = [0.0, 0.07, 0.21, 0.3, 0.44, 0.62, 0.79, 0.93, 1.12, 1.27, 1.41, 1.55]
     samples = feed(win, times)
     assert samples
@@ -100,8 +101,8 @@ def test_duplicates_are_ignored() -> None:
 
 
 def test_gaps_skip_samples_instead_of_bridging_them() -> None:
-    cfg = WindowConfig(max_history_gap_s=0.25, max_label_gap_s=0.25)
-    win = Windower(SPEC, cfg)
+    spec = InputSpec(history=4, horizons_s=(0.5, 1.0), max_gap_s=0.25)
+    win = Windower(spec, WindowConfig(max_label_gap_s=0.25))
     times = [round(i * 0.1, 1) for i in range(40) if not 10 <= i < 15]  # 0.9 -> 1.5 missing
     samples = feed(win, times)
     gap_lo, gap_hi = T0 + round(0.9 * NS), T0 + round(1.5 * NS)
@@ -152,3 +153,30 @@ def test_idle_vehicles_are_evicted() -> None:
     feed(win, [0.0, 0.1], vid="old")
     feed(win, [100.0, 100.1], vid="new")
     assert win.evict_idle(win.newest_ns - 60 * NS) == 1 and len(win) == 1
+
+
+def test_history_gap_limit_is_the_model_specs_one_source_of_truth() -> None:
+    times = [0.0, 0.1, 0.5, 0.6] + [round(0.6 + 0.1 * i, 1) for i in range(1, 12)]  # 0.4 s gap
+    strict = feed(Windower(InputSpec(history=4, horizons_s=(0.5, 1.0), max_gap_s=0.35)), times)
+    loose = feed(Windower(InputSpec(history=4, horizons_s=(0.5, 1.0), max_gap_s=0.45)), times)
+    first = T0 + round(0.6 * NS)  # history 0.0, 0.1, 0.5, 0.6 crosses the gap
+    assert first not in [s.t_anchor_ns for s in strict]
+    assert first in [s.t_anchor_ns for s in loose]
+    # no second knob in the trainer config that could disagree with serving
+    assert not any("gap" in f and "label" not in f for f in TrainConfig.__dataclass_fields__)
+
+
+def test_baselines_are_schemas_kinematics_including_the_straight_threshold() -> None:
+    rng = np.random.default_rng(1)
+    windows = rng.normal(size=(64, 4, 7)).astype(np.float32)
+    windows[:, -1, 3] = 20.0  # m/s
+    windows[:, -1, 5] = rng.uniform(-9e-4, 9e-4, size=64)  # near-straight: CV in kinematics
+    windows[:8, -1, 5] = [0.3, -0.2, 2e-3, -5e-3, 0.0, 1e-4, 5e-4, -5e-4]
+    last = windows[:, -1, :].astype(np.float64)
+    args = (last[:, 1], last[:, 2], last[:, 3], last[:, 4])
+    np.testing.assert_allclose(
+        ctrv(windows, SPEC.horizons_s), predict_ctrv(*args, last[:, 5], SPEC.horizons_s), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        constant_velocity(windows, SPEC.horizons_s), predict_cv(*args, SPEC.horizons_s), atol=1e-5
+    )

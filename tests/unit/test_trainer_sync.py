@@ -1,0 +1,173 @@
+"""Rank 0's sync with the parameter server: delivery before anchor/checkpoint/commit, and
+holding a push back until the server has processed the previous one (world size 1, gloo)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from kafka.errors import KafkaTimeoutError
+
+from schemas.model_spec import DEFAULT_SPEC
+from tests.unit.test_trainer_ddp import ListSource, fleet
+from trainer.config import TrainConfig
+from trainer.kafka_io import KafkaPSLink, PushError
+from trainer.loop import TrainLoop
+from trainer.model import trainable_state
+from trainer.wire import Delta, Weights
+
+
+@pytest.fixture
+def group():
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class CommitCounter(ListSource):
+    def __init__(self, records: list) -> None:
+        super().__init__(records, per_poll=60)
+        self.commits = 0
+
+    def commit(self) -> None:
+        self.commits += 1
+
+
+class Link:
+    """Scripted server: ``deliver`` and ``processed`` decide what push/ready answer."""
+
+    def __init__(self) -> None:
+        self.pushes: list[Delta] = []
+        self.deliver = True
+        self.processed = True
+        self.offer: Weights | None = None
+
+    def push(self, delta: Delta) -> None:
+        if not self.deliver:
+            raise PushError("broker down")
+        self.pushes.append(delta)
+
+    def ready(self) -> bool:
+        return self.processed
+
+    def latest(self) -> Weights | None:
+        return self.offer
+
+
+def make_loop(tmp_path: Path, link: Link, source: ListSource) -> TrainLoop:
+    cfg = TrainConfig(
+        checkpoint_dir=str(tmp_path), batch_size=16, sync_every_steps=3, hidden=16,
+        holdout_fraction=0.0,
+    )  # fmt: skip
+    return TrainLoop(cfg, DEFAULT_SPEC, source, link)
+
+
+def train(loop: TrainLoop, steps: int) -> None:
+    for _ in range(steps):
+        loop.ingest(time.monotonic())
+        loop.step()
+
+
+def test_undelivered_push_moves_no_anchor_writes_no_checkpoint_commits_nothing(
+    group, tmp_path
+) -> None:
+    link, source = Link(), CommitCounter(fleet(4, 6.0))
+    loop = make_loop(tmp_path, link, source)
+    train(loop, 3)  # first sync delivered: checkpoint + commit
+    assert len(link.pushes) == 1 and source.commits == 1
+    ckpt = loop.ckpt_path.read_bytes()
+    anchor = {k: v.copy() for k, v in loop.anchor.items()}
+    link.deliver = False
+    with pytest.raises(PushError):
+        train(loop, 3)
+    assert source.commits == 1, "offsets committed past training the server never got"
+    assert loop.ckpt_path.read_bytes() == ckpt, "checkpoint claims an undelivered delta"
+    for k, v in anchor.items():
+        np.testing.assert_array_equal(loop.anchor[k], v)
+
+
+def test_push_is_held_back_until_the_server_processed_the_previous_one(group, tmp_path) -> None:
+    link, source = Link(), CommitCounter(fleet(4, 8.0))
+    loop = make_loop(tmp_path, link, source)
+    train(loop, 3)
+    first_anchor = {k: v.copy() for k, v in loop.anchor.items()}
+    link.processed = False  # server down: nothing processes the first push
+    link.offer = Weights(version=9, tensors={k: v * 0 for k, v in first_anchor.items()})
+    train(loop, 6)
+    assert len(link.pushes) == 1 and loop.counters.held == 2
+    assert loop.base_version == 0, "pulling while held back would discard local training"
+    assert source.commits == 3, "held-back training is checkpointed, so it can be committed"
+
+    # a restart keeps the held-back training in the model (no pull over it)
+    again = make_loop(tmp_path, link, ListSource([], 1))
+    assert again.base_version == 0 and again.counters.held == 0
+    for k, v in trainable_state(loop.model).items():
+        np.testing.assert_array_equal(trainable_state(again.model)[k], v)
+
+    link.processed, link.offer = True, None  # server back, its weights not yet published
+    train(loop, 3)
+    assert len(link.pushes) == 2
+    pushed = link.pushes[1]  # one delta with all the training since the first push
+    assert pushed.steps == 9
+    assert pushed.samples == loop.counters.samples - link.pushes[0].samples > 0
+    for k, v in pushed.tensors.items():
+        np.testing.assert_allclose(v, loop.anchor[k] - first_anchor[k], atol=1e-6)
+    link.offer = Weights(version=9, tensors={k: v * 0 for k, v in first_anchor.items()})
+    train(loop, 3)
+    assert loop.base_version == 9, "pulls resume once pushes flow again"
+
+
+class _Future:
+    def __init__(self, exc: Exception | None, offset: int = 0) -> None:
+        self.exc, self.offset = exc, offset
+
+    def get(self, timeout: float):
+        if self.exc:
+            raise self.exc
+        return self
+
+
+class _Producer:
+    def __init__(self, exc: Exception | None = None, fail_silently: bool = False) -> None:
+        self.exc, self.fail_silently = exc, fail_silently
+        self.failures, self.last_error, self.sent = 0, None, 0
+
+    def send(self, *a, **kw) -> _Future:
+        self.sent += 1
+        if self.fail_silently:
+            self.failures += 1
+        return _Future(self.exc, offset=41 + self.sent)
+
+
+def _link(producer: _Producer, weights: list[Weights]) -> KafkaPSLink:
+    link = KafkaPSLink.__new__(KafkaPSLink)  # no broker: only push/ready logic
+    link.updates_topic, link._producer, link.pending_offset = "ps-updates", producer, None
+    it = iter(weights)
+    link.latest = lambda: next(it, None)  # type: ignore[method-assign]
+    return link
+
+
+def test_kafka_link_waits_for_delivery_and_for_the_server_to_catch_up() -> None:
+    d = Delta(group="g", base_version=0, tensors={"a": np.zeros(2, np.float32)})
+    with pytest.raises(PushError, match="not delivered"):
+        _link(_Producer(KafkaTimeoutError("no ack")), []).push(d)
+    with pytest.raises(PushError, match="failed"):
+        _link(_Producer(fail_silently=True), []).push(d)
+    w = {"a": np.zeros(2, np.float32)}
+    link = _link(
+        _Producer(),
+        [
+            Weights(version=2, tensors=w, updates_offset=40),
+            Weights(version=3, tensors=w, updates_offset=42),
+            Weights(version=3, tensors=w, updates_offset=43),
+        ],
+    )
+    assert link.ready()  # nothing pushed yet
+    link.push(d)  # acknowledged at offset 42
+    assert not link.ready(), "weights that processed only offsets < 42 do not include it"
+    assert link.ready()
