@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ingest.simulator import SimConfig, simulate
-from schemas.envelope import decode_envelope
+from schemas.envelope import ModelEnvelope, decode_envelope
 from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics
 from schemas.model_spec import DEFAULT_SPEC
@@ -147,6 +147,7 @@ def stream(minutes: float) -> None:
     )
     done = threading.Event()
     envelopes = []
+    start_ns = now_ns()
     try:
         with Consumer(settings) as c:
             c.assign(names.models, [0])
@@ -184,11 +185,17 @@ def stream(minutes: float) -> None:
         f"-> model consumed: p50 {np.percentile(seen, 50):.0f} ms, "
         f"p99 {np.percentile(seen, 99):.0f} ms"
     )
-    last = envelopes[-1][0]
-    m = last.metrics
+    for mark in sorted({min(2.0, minutes), minutes}):
+        deadline = start_ns + int(mark * 60e9)
+        in_time = [e for e, _ in envelopes if e.created_ns <= deadline] or [envelopes[0][0]]
+        _print_metrics(in_time[-1], f"after {mark:g} min of streaming")
+
+
+def _print_metrics(env: ModelEnvelope, when: str) -> None:
+    m = env.metrics
     print(
-        f"online test-then-train metrics of v{last.version} ({last.samples} samples trained, "
-        f"holdout samples weight {m.get('holdout.samples', 0):.0f}, decayed window):"
+        f"online test-then-train metrics {when}: v{env.version} ({env.samples} samples "
+        f"trained, holdout samples weight {m.get('holdout.samples', 0):.0f}, decayed window):"
     )
     print(
         "split    predictor " + "".join(f" ADE@{h:g}  FDE@{h:g} " for h in DEFAULT_SPEC.horizons_s)

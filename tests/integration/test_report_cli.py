@@ -17,6 +17,34 @@ pytestmark = pytest.mark.integration
 MS = 1_000_000
 
 
+def run_report(kafka_settings, topics, out, expect: int, plots: bool = True):
+    """`drivestream report` from the beginning of the topics until ``expect`` predictions."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "report",
+            "--bootstrap",
+            kafka_settings.bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--from-beginning",
+            "--expect",
+            str(expect),
+            "--out-dir",
+            str(out),
+            "--idle-timeout-s",
+            "30",
+            "--plots" if plots else "--no-plots",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_report_reads_the_stream_and_gives_exact_stage_percentiles(
     kafka_settings, topics, tmp_path
 ):
@@ -51,29 +79,7 @@ def test_report_reads_the_stream_and_gives_exact_stage_percentiles(
                 topics.predictions, encode_prediction(p), key="car-1", headers=prediction_headers()
             )
     out = tmp_path / "report"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "report",
-            "--bootstrap",
-            kafka_settings.bootstrap,
-            "--topic-prefix",
-            topics.prefix,
-            "--from-beginning",
-            "--expect",
-            str(n),
-            "--out-dir",
-            str(out),
-            "--idle-timeout-s",
-            "30",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_report(kafka_settings, topics, out, expect=n)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     lat = report["latency"]
@@ -131,28 +137,7 @@ def test_report_counts_invalid_frames_and_duplicate_answers_apart(kafka_settings
                 )
         producer.send(topics.sensors, b"\x01\x00garbage", key="car-2", headers=frame_headers(t0))
     out = tmp_path / "report"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "report",
-            "--bootstrap",
-            kafka_settings.bootstrap,
-            "--topic-prefix",
-            topics.prefix,
-            "--from-beginning",
-            "--expect",
-            "21",
-            "--out-dir",
-            str(out),
-            "--no-plots",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_report(kafka_settings, topics, out, expect=21, plots=False)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["frames_seen"] == 20
