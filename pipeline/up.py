@@ -60,6 +60,9 @@ class UpConfig:
     export_every_s: float = field(default=10.0, metadata=_help("model export period"))
     run_dir: str = field(default="runs", metadata=_help("where runs keep logs and reports"))
     keep_broker: bool = field(default=False, metadata=_help("leave a broker we started running"))
+    broker_port: int = field(
+        default=9092, metadata=_help("local broker port (taken 9092 -> a free one; 0 = free)")
+    )
     drain_s: float = field(default=30.0, metadata=_help("wait this long for the last answers"))
 
     def __post_init__(self) -> None:
@@ -95,7 +98,9 @@ class Up:
     def _bootstrap(self) -> str:
         if self.config.bootstrap:
             return self.config.bootstrap
-        port = 9092 if port_is_free(9092) else 0
+        port = self.config.broker_port
+        if port == 9092 and not port_is_free(port):
+            port = 0  # something else serves 9092: run ours beside it
         self.broker = LocalBroker(BrokerConfig(port=port))
         running = self.broker.state()
         state = self.broker.start()
