@@ -66,8 +66,14 @@ def _plot(report: dict[str, Any], received: list[Received], out: Path) -> None:
         ax1.plot(t[order], smooth)
         ax1.set(ylabel="FDE (m), rolling", title="Accuracy and model version over time")
         ax1.grid(True, alpha=0.3)
-        ax2.step(t[order], np.asarray(timeline["version"])[order], where="post")
-        ax2.set(xlabel="stream time (s)", ylabel="model version (-1 = fallback)")
+        versions = np.asarray(timeline["version"])[order]
+        served = versions >= 0
+        ax2.step(t[order][served], versions[served], where="post", label="model version")
+        fallback = np.convolve(~served, np.ones(window) / window, mode="same")
+        ax3 = ax2.twinx()
+        ax3.plot(t[order], 100 * fallback, color="tab:red", alpha=0.6, label="fallback %")
+        ax3.set(ylabel="fallback share (%), rolling", ylim=(0, 100))
+        ax2.set(xlabel="stream time (s)", ylabel="model version serving")
         ax2.grid(True, alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "accuracy.png", dpi=100)
