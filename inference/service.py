@@ -1,11 +1,14 @@
-"""The serving loop: consume frames, batch, infer or fall back, publish, commit.
+"""The serving loop: consume frames, route them to the batcher or the fallback, commit.
 
-Delivery is at-least-once: offsets are committed only after the predictions of every
-frame below them were sent, the producer flushed and reported no failed delivery (on the
-commit interval, on revoke and on a normal close). A failed delivery stops the service with
-:class:`DeliveryError` and commits nothing more: the simplest safe choice, since a restart
-resumes from the last commit and answers those frames again. A crash between publish and
-commit also re-answers frames after restart, so a consumer of `predictions` may see a
+This module wires the pieces and runs the loop: :mod:`inference.answer` answers frames (model
+or fallback), :mod:`inference.output` publishes and keeps the offsets, and
+:mod:`inference.swap` builds new models off the loop.
+
+Delivery is at-least-once: offsets are committed (on the commit interval, on revoke and on
+a normal close) only once every frame below them was answered and delivered; a failed
+delivery stops the service with :class:`DeliveryError` and commits nothing more, since a
+restart resumes from the last commit and answers those frames again. A crash between publish
+and commit also re-answers frames after restart, so a consumer of `predictions` may see a
 (vehicle_id, seq) twice and should keep the last. A rebalance does not: the revoked
 partitions are drained and committed inside the listener (see inference.rebalance).
 """
@@ -18,31 +21,27 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import numpy as np
 from kafka import TopicPartition
 
-from inference import fallback
+from inference.answer import Answerer
 from inference.batching import MicroBatcher, Pending
 from inference.config import ServeConfig
-from inference.errors import DeliveryError
 from inference.history import HistoryStore
 from inference.metrics import MetricsServer, ServeMetrics
+from inference.output import Output
 from inference.rebalance import RebalanceDrain
 from inference.runtime import LoadedModel, choose_providers, quiet_ort
 from inference.swap import ModelSwapper, ModelWatcher
 from inference.validate import ValidationPolicy
-from schemas import deadletter, prediction
 from schemas.errors import ValidationError
 from schemas.headers import now_ns
-from schemas.kafka import Consumer, KafkaSettings, Message, Producer
+from schemas.kafka import Consumer, KafkaSettings, Message
 from schemas.model_spec import DEFAULT_SPEC
 from schemas.sensor import check_frame_headers, decode_frames
 
 log = logging.getLogger(__name__)
 
 MS = 1_000_000
-_PRED_HEADERS = prediction.prediction_headers()
-_DL_HEADERS = deadletter.dead_letter_headers()
 
 
 class InferenceService:
@@ -71,19 +70,15 @@ class InferenceService:
         self.build_loop_gap_ms: dict[int, float] = {}
         """Longest serving-loop iteration that overlapped model build n (1-based)."""
         self.error: BaseException | None = None
+        self.output = Output(config, self.metrics, self.stats)
+        self.answerer = Answerer(config, self.metrics, self.stats, self.output)
         self._budget_ns = int(config.budget_ms * MS)
-        self._margin_ns = int(config.safety_margin_ms * MS)
-        self._cost_ns: dict[int, float] = {}
-        self._next_offset: dict[tuple[str, int], int] = {}
-        self._committed: dict[tuple[str, int], int] = {}
         self._last_commit = self._last_lag = time.monotonic()
         self._last_loop = time.monotonic()
         self._loop_mark = (self._last_loop, 0, 0)
         self._stop = threading.Event()
-        self._halted = False  # after a failure nothing is committed any more
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
         self._watcher: ModelWatcher | None = None
         self._server = MetricsServer(
             self.metrics, self.health, config.metrics_host, config.metrics_port
@@ -100,7 +95,7 @@ class InferenceService:
             c.group_id,
             choose_providers(c.device),
         )
-        self._producer = Producer(self.settings)
+        self.output.open(self.settings)
         self._consumer = Consumer(self.settings, [c.sensors_topic], c.group_id)
         self._consumer.on_rebalance(RebalanceDrain(self))
         self._watcher = ModelWatcher(self.settings, c.models_topic, self.swapper)
@@ -114,20 +109,20 @@ class InferenceService:
         closing the consumer triggers: a restart answers from the last good commit.
         """
         try:
-            if clean and not self._halted and self._consumer and self._producer:
+            if clean and not self.output.halted and self._consumer and self.output.producer:
                 self._flush_batches()
                 self._commit()
         finally:
-            self._halted = self._halted or not clean
+            if not clean:
+                self.output.halt()
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher.join(timeout=10)
             if self._consumer is not None:
-                self._consumer.close()
-            if self._producer is not None:
-                self._producer.close()
+                self._consumer.close()  # its revoke drain may still publish: producer after
+            self.output.close()
             self._server.stop()
-            self._consumer = self._producer = self._watcher = None
+            self._consumer = self._watcher = None
 
     def run(self, until: Callable[[], bool] | float | None = None) -> None:
         """Serve in this thread until stop(), ``until()`` is true, or ``until`` seconds pass."""
@@ -191,10 +186,9 @@ class InferenceService:
     # --- the loop ----------------------------------------------------------------------
     def step(self) -> None:
         """One iteration: maybe swap, poll, enqueue or answer, run a due batch, commit."""
-        assert self._consumer is not None and self._producer is not None
+        assert self._consumer is not None and self.output.producer is not None
         self._mark_loop()
-        if self._producer.failures:
-            self._check_delivery()
+        self.output.check_delivery()
         self._maybe_swap()
         wait = self.batcher.wait_ns(now_ns())
         timeout_ms = 100 if wait is None else wait // MS
@@ -229,7 +223,7 @@ class InferenceService:
         t0 = time.perf_counter()
         old, self.model = self.model, new
         self.history.set_spec(new.spec)
-        self._cost_ns = {b: ms * MS for b, ms in new.warm_ms.items()}
+        self.answerer.reset_costs(new.warm_ms)
         if old is not None:
             self.swapper.retire(old)
         pause_s = time.perf_counter() - t0
@@ -253,7 +247,7 @@ class InferenceService:
             t_produce = check_frame_headers(msg.headers)
             frames = decode_frames(msg.value)
         except ValidationError as exc:
-            self._dead_letter(msg, str(exc))
+            self.output.dead_letter(msg, str(exc))
         else:
             deadline = t_produce + self._budget_ns
             for f in frames:
@@ -261,7 +255,7 @@ class InferenceService:
                     f, None, msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline
                 )
                 self._route(item, self.history.add(f, msg.partition))
-        self._next_offset[(msg.topic, msg.partition)] = msg.offset + 1
+        self.output.done(msg)
 
     def _route(self, item: Pending, status: str) -> None:
         vid, now = item.frame.vehicle_id, item.t_consumed_ns
@@ -271,17 +265,11 @@ class InferenceService:
             self._answer_fallback([item], "out_of_order")
         elif (why := self.history.unusable(vid)) is not None:  # "warmup" or "gap"
             self._answer_fallback([item], why)
-        elif not self._in_time(item, len(self.batcher) + 1, now, self._wait_for(now)):
+        elif not self.answerer.in_time(item, len(self.batcher) + 1, now, self._wait_for(now)):
             self._answer_fallback([item], "late")
         else:
             item.window = self.history.window(vid)
             self.batcher.add(item)
-
-    def _in_time(self, item: Pending, batch: int, now: int, wait_ns: int = 0) -> bool:
-        """Can the model still answer this frame within its budget?"""
-        shape = self.config.padded(min(batch, self.config.max_batch))
-        cost = self._cost_ns.get(shape, 1 * MS)
-        return now + wait_ns + cost + self._margin_ns <= item.deadline_ns
 
     def _wait_for(self, now: int) -> int:
         wait = self.batcher.wait_ns(now)
@@ -290,191 +278,25 @@ class InferenceService:
     def _run_batch(self, items: list[Pending]) -> None:
         if not items:
             return
-        model, now = self.model, now_ns()
-        if model is None:
+        if self.model is None:
             self._answer_fallback(items, "no_model")
-            return
-        n = len(items)
-        late = [not self._in_time(it, n, now) for it in items]
-        if any(late):
-            self._answer_fallback([it for it, x in zip(items, late, strict=True) if x], "late")
-            items = [it for it, x in zip(items, late, strict=True) if not x]
-        # a swap changed the window length: only those frames fall back
-        short = [it.window is None or it.window.shape[0] != model.spec.history for it in items]
-        if any(short):
-            self._answer_fallback([it for it, x in zip(items, short, strict=True) if x], "warmup")
-            items = [it for it, x in zip(items, short, strict=True) if not x]
-        if not items:
-            return
-        shape = self.config.padded(len(items))
-        x = np.zeros((shape, model.spec.history, len(model.spec.features)), np.float32)
-        x[: len(items)] = np.stack([it.window for it in items])  # type: ignore[misc]
-        t_start = now_ns()
-        try:
-            out = model.run(x)
-        except Exception:
-            log.exception("model v%d failed on a batch of %d", model.version, len(items))
-            self._answer_fallback(items, "model_error")
-            return
-        t_end = now_ns()
-        self._cost_ns[shape] = 0.8 * self._cost_ns.get(shape, t_end - t_start) + 0.2 * (
-            t_end - t_start
-        )
-        self.metrics.batch_size.observe(len(items))
-        horizons = model.spec.horizons_s
-        for i, it in enumerate(items):
-            if not np.all(np.isfinite(out[i])):
-                self._answer_fallback([it], "non_finite")
-                continue
-            self._publish(
-                prediction.Prediction(
-                    it.frame.vehicle_id,
-                    it.frame.seq,
-                    it.frame.t_event_ns,
-                    horizons,
-                    tuple(out[i, :, 0].tolist()),
-                    tuple(out[i, :, 1].tolist()),
-                    model.version,
-                    model.name,
-                    "model",
-                    "",
-                    it.t_produce_ns,
-                    it.t_consumed_ns,
-                    t_start,
-                    t_end,
-                ),
-                it.deadline_ns,
-            )
+        else:
+            self.answerer.batch(self.model, items)
 
     def _answer_fallback(self, items: list[Pending], reason: str) -> None:
-        if not items:
-            return
         horizons = self.model.spec.horizons_s if self.model else self.history.spec.horizons_s
-        t_start = now_ns()
-        states = [
-            (it.frame.x, it.frame.y, it.frame.speed, it.frame.heading, it.frame.yaw_rate)
-            for it in items
-        ]
-        x, y, v, h, w = np.array(states, dtype=np.float64).T
-        out, turning = fallback.predict(x, y, v, h, w, horizons, self.config.cv_yaw_eps)
-        t_end = now_ns()
-        for i, it in enumerate(items):
-            f = it.frame
-            p = prediction.Prediction(
-                f.vehicle_id,
-                f.seq,
-                f.t_event_ns,
-                horizons,
-                tuple(out[i, :, 0].tolist()),
-                tuple(out[i, :, 1].tolist()),
-                -1,
-                fallback.CTRV if turning[i] else fallback.CV,
-                "fallback",
-                reason,
-                it.t_produce_ns,
-                it.t_consumed_ns,
-                t_start,
-                t_end,
-            )
-            self.metrics.fallbacks.labels(reason=reason).inc()
-            self.stats[f"fallback_{reason}"] += 1
-            self._publish(p, it.deadline_ns)
-
-    def _publish(self, p: prediction.Prediction, deadline_ns: int) -> None:
-        """Stamp t_published_ns right before producing; never flushes.
-
-        Counters here count records handed to the producer; a record that then fails to
-        deliver stops the service at the next check (see _check_delivery), uncommitted.
-        """
-        assert self._producer is not None
-        p = p.published(now_ns())
-        self._producer.send(
-            self.config.predictions_topic,
-            prediction.encode_prediction(p),
-            key=p.vehicle_id,
-            headers=_PRED_HEADERS,
-        )
-        self.stats[p.source] += 1
-        m = self.metrics
-        m.by_source[p.source].inc()
-        if p.t_published_ns > deadline_ns:
-            self.stats["budget_miss"] += 1
-            m.budget_misses.labels(source=p.source).inc()
-        st = m.stages
-        st["kafka_in"].observe(max(0, p.t_consumed_ns - p.t_produce_ns) / 1e9)
-        st["queue"].observe((p.t_infer_start_ns - p.t_consumed_ns) / 1e9)
-        st["infer"].observe((p.t_infer_end_ns - p.t_infer_start_ns) / 1e9)
-        st["publish"].observe((p.t_published_ns - p.t_infer_end_ns) / 1e9)
-        st["service"].observe((p.t_published_ns - p.t_consumed_ns) / 1e9)
-        st["since_produce"].observe(max(0, p.t_published_ns - p.t_produce_ns) / 1e9)
-
-    def _dead_letter(self, msg: Message, reason: str) -> None:
-        assert self._producer is not None
-        dl = deadletter.DeadLetter(
-            msg.topic,
-            msg.partition,
-            msg.offset,
-            reason,
-            "inference",
-            msg.value or b"",
-            tuple(msg.headers),
-        )
-        self._producer.send(
-            self.config.deadletter_topic,
-            deadletter.encode_dead_letter(dl),
-            key=msg.key,
-            headers=_DL_HEADERS,
-        )
-        self.stats["deadletter"] += 1
-        self.metrics.deadletters.inc()
-        log.debug("deadletter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+        self.answerer.fallback(items, reason, horizons)
 
     # --- offsets and rebalancing ---------------------------------------------------------
     def _flush_batches(self) -> None:
         while len(self.batcher):
             self._run_batch(self.batcher.take())
 
-    def _due_offsets(self, keys: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
-        """Next offsets to commit: below every frame still waiting, and not yet committed."""
-        waiting = self.batcher.first_offsets()
-        offsets = {
-            k: waiting.get(k, v) for k, v in self._next_offset.items() if keys is None or k in keys
-        }
-        return {k: v for k, v in offsets.items() if self._committed.get(k) != v}
-
     def _commit(self) -> None:
-        """Flush predictions, make sure all were delivered, then commit what they cover."""
+        """Commit what the delivered predictions cover (see Output.commit)."""
         assert self._consumer is not None
         self._last_commit = time.monotonic()
-        offsets = self._due_offsets()
-        if not offsets or self._halted:
-            return
-        self._flush_delivered()
-        try:
-            self._consumer.commit(offsets)
-            self._committed.update(offsets)
-        except Exception as exc:  # rebalance in progress: the revoke drain commits instead
-            log.warning("offset commit failed (frames may be answered again): %s", exc)
-
-    def _flush_delivered(self) -> None:
-        assert self._producer is not None
-        self._producer.flush()
-        self._check_delivery()
-
-    def _check_delivery(self) -> None:
-        """Raise DeliveryError (and never commit again) once any record failed to deliver."""
-        assert self._producer is not None
-        failures = self._producer.failures
-        if not failures:
-            return
-        self._halted = True
-        log.error("%d records not delivered; stopping without committing", failures)
-        raise DeliveryError(
-            f"{failures} prediction/deadletter records could not be delivered (last error: "
-            f"{self._producer.last_error}); offsets after the last commit were not committed. "
-            f"Check the broker and topics {self.config.predictions_topic!r}/"
-            f"{self.config.deadletter_topic!r}, then restart: those frames are answered again."
-        )
+        self.output.commit(self._consumer, self.batcher.first_offsets())
 
     def _consumer_client(self) -> object:
         return self._consumer.client if self._consumer is not None else None
@@ -482,22 +304,20 @@ class InferenceService:
     def _release(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Revoke, on the consumer's loop: answer the partitions' waiting frames by fallback,
         flush, and return the offsets the listener must commit (raises DeliveryError)."""
-        if self._producer is None or self._halted:
+        if self.output.producer is None or self.output.halted:
             return {}
         waiting = self.batcher.drop_partitions(keys)
         if waiting:
             self._answer_fallback(waiting, "rebalance")
-        offsets = self._due_offsets(keys)
+        offsets = self.output.due(self.batcher.first_offsets(), keys)
         if offsets:
-            self._flush_delivered()
+            self.output.flush_delivered()
         return offsets
 
     def _forget(self, keys: set[tuple[str, int]]) -> None:
         """Drop everything about partitions this instance no longer owns."""
         self.batcher.drop_partitions(keys)  # lost partitions: the next owner answers them
-        for key in keys:
-            self._next_offset.pop(key, None)
-            self._committed.pop(key, None)
+        self.output.forget(keys)
         dropped = self.history.drop_partitions({p for _, p in keys})
         self.assigned -= keys
         log.info("revoked partitions %s, dropped %d vehicles", sorted(p for _, p in keys), dropped)

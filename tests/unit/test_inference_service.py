@@ -105,7 +105,7 @@ def make_service(batches=(), **kw) -> tuple[InferenceService, FakeProducer, Fake
     consumer = FakeConsumer(producer, batches)
 
     def open_() -> None:
-        svc._producer, svc._consumer = producer, consumer  # type: ignore[assignment]
+        svc.output.producer, svc._consumer = producer, consumer  # type: ignore[assignment]
         svc.assigned = {(TOPIC, 0), (TOPIC, 1)}
 
     svc.open = open_  # type: ignore[method-assign]
@@ -133,9 +133,9 @@ def test_offset_advances_only_after_every_frame_of_the_record_is_answered() -> N
     svc.history.add = add_then_fail  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         svc._handle(record(7, [frame("a", 1), frame("a", 2)]), now_ns())
-    assert (TOPIC, 0) not in svc._next_offset  # the record is not done: never committable
+    assert (TOPIC, 0) not in svc.output.next_offset  # the record is not done: never committable
     svc._handle(record(8, [frame("b", 1)]), now_ns())
-    assert svc._next_offset[(TOPIC, 0)] == 9
+    assert svc.output.next_offset[(TOPIC, 0)] == 9
 
 
 def test_a_crashed_loop_commits_nothing_on_close() -> None:
@@ -222,7 +222,7 @@ def _waiting(svc: InferenceService, partition: int, offset: int, vid: str) -> No
     svc.batcher.add(
         Pending(frame(vid, 1), win, TOPIC, partition, offset, now_ns(), now_ns(), deadline)
     )
-    svc._next_offset[(TOPIC, partition)] = offset + 1
+    svc.output.next_offset[(TOPIC, partition)] = offset + 1
 
 
 def test_revoke_answers_flushes_and_commits_inside_the_listener(monkeypatch) -> None:
@@ -245,7 +245,7 @@ def test_revoke_answers_flushes_and_commits_inside_the_listener(monkeypatch) -> 
     assert producer.events == ["flush", "commit"] and committed == [{(TOPIC, 0): 42}]
     assert [it.partition for it in svc.batcher.drain()] == [1]  # partition 1 keeps waiting
     assert svc.assigned == {(TOPIC, 1)} and len(svc.history) == 0
-    assert (TOPIC, 0) not in svc._next_offset
+    assert (TOPIC, 0) not in svc.output.next_offset
 
 
 def test_revoke_after_a_failed_send_commits_nothing_and_says_so(monkeypatch, caplog) -> None:
@@ -268,4 +268,4 @@ def test_lost_partitions_are_dropped_unanswered() -> None:
     svc, producer, _ = make_service()
     _waiting(svc, 0, 3, "a")
     asyncio.run(RebalanceDrain(svc).on_partitions_lost({TopicPartition(TOPIC, 0)}))
-    assert producer.sent == [] and len(svc.batcher) == 0 and svc._next_offset == {}
+    assert producer.sent == [] and len(svc.batcher) == 0 and svc.output.next_offset == {}

@@ -1,0 +1,143 @@
+"""Answering frames: the model on a micro-batch, or the physics fallback.
+
+The model answers only frames it can still answer within their budget; the rest, frames whose
+window no longer fits the model (after a swap) and frames the model failed on, get the
+CV/CTRV fallback with a reason. Each answer goes to :class:`inference.output.Output`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+
+from inference import fallback
+from inference.batching import Pending
+from inference.config import ServeConfig
+from inference.metrics import ServeMetrics
+from inference.output import Output
+from inference.runtime import LoadedModel
+from schemas import prediction
+from schemas.headers import now_ns
+
+log = logging.getLogger(__name__)
+
+MS = 1_000_000
+
+
+class Answerer:
+    """Runs batches and fallbacks, keeping a per-batch-shape estimate of the model's cost."""
+
+    def __init__(
+        self, config: ServeConfig, metrics: ServeMetrics, stats: Counter[str], output: Output
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.stats = stats
+        self.output = output
+        self.cost_ns: dict[int, float] = {}
+        """Padded batch shape -> smoothed model run time, ns (seeded by warm-up on swap)."""
+        self._margin_ns = int(config.safety_margin_ms * MS)
+
+    def reset_costs(self, warm_ms: dict[int, float]) -> None:
+        """A new model serves: start from its warm-up timings."""
+        self.cost_ns = {b: ms * MS for b, ms in warm_ms.items()}
+
+    def in_time(self, item: Pending, batch: int, now: int, wait_ns: int = 0) -> bool:
+        """Can the model still answer this frame within its budget?"""
+        shape = self.config.padded(min(batch, self.config.max_batch))
+        cost = self.cost_ns.get(shape, 1 * MS)
+        return now + wait_ns + cost + self._margin_ns <= item.deadline_ns
+
+    def batch(self, model: LoadedModel, items: list[Pending]) -> None:
+        """Answer ``items`` with one model run; late or unfit frames fall back."""
+        if not items:
+            return
+        now = now_ns()
+        horizons = model.spec.horizons_s
+        n = len(items)
+        late = [not self.in_time(it, n, now) for it in items]
+        if any(late):
+            self.fallback([it for it, x in zip(items, late, strict=True) if x], "late", horizons)
+            items = [it for it, x in zip(items, late, strict=True) if not x]
+        # a swap changed the window length: only those frames fall back
+        short = [it.window is None or it.window.shape[0] != model.spec.history for it in items]
+        if any(short):
+            unfit = [it for it, x in zip(items, short, strict=True) if x]
+            self.fallback(unfit, "warmup", horizons)
+            items = [it for it, x in zip(items, short, strict=True) if not x]
+        if not items:
+            return
+        shape = self.config.padded(len(items))
+        x = np.zeros((shape, model.spec.history, len(model.spec.features)), np.float32)
+        x[: len(items)] = np.stack([it.window for it in items])  # type: ignore[misc]
+        t_start = now_ns()
+        try:
+            out = model.run(x)
+        except Exception:
+            log.exception("model v%d failed on a batch of %d", model.version, len(items))
+            self.fallback(items, "model_error", horizons)
+            return
+        t_end = now_ns()
+        self.cost_ns[shape] = 0.8 * self.cost_ns.get(shape, t_end - t_start) + 0.2 * (
+            t_end - t_start
+        )
+        self.metrics.batch_size.observe(len(items))
+        for i, it in enumerate(items):
+            if not np.all(np.isfinite(out[i])):
+                self.fallback([it], "non_finite", horizons)
+                continue
+            self.output.prediction(
+                prediction.Prediction(
+                    it.frame.vehicle_id,
+                    it.frame.seq,
+                    it.frame.t_event_ns,
+                    horizons,
+                    tuple(out[i, :, 0].tolist()),
+                    tuple(out[i, :, 1].tolist()),
+                    model.version,
+                    model.name,
+                    "model",
+                    "",
+                    it.t_produce_ns,
+                    it.t_consumed_ns,
+                    t_start,
+                    t_end,
+                ),
+                it.deadline_ns,
+            )
+
+    def fallback(self, items: list[Pending], reason: str, horizons: tuple[float, ...]) -> None:
+        """Answer ``items`` from their newest frame with CV or CTRV, labelled ``reason``."""
+        if not items:
+            return
+        t_start = now_ns()
+        states = [
+            (it.frame.x, it.frame.y, it.frame.speed, it.frame.heading, it.frame.yaw_rate)
+            for it in items
+        ]
+        x, y, v, h, w = np.array(states, dtype=np.float64).T
+        out, turning = fallback.predict(x, y, v, h, w, horizons, self.config.cv_yaw_eps)
+        t_end = now_ns()
+        for i, it in enumerate(items):
+            f = it.frame
+            p = prediction.Prediction(
+                f.vehicle_id,
+                f.seq,
+                f.t_event_ns,
+                horizons,
+                tuple(out[i, :, 0].tolist()),
+                tuple(out[i, :, 1].tolist()),
+                -1,
+                fallback.CTRV if turning[i] else fallback.CV,
+                "fallback",
+                reason,
+                it.t_produce_ns,
+                it.t_consumed_ns,
+                t_start,
+                t_end,
+            )
+            self.metrics.fallbacks.labels(reason=reason).inc()
+            self.stats[f"fallback_{reason}"] += 1
+            self.output.prediction(p, it.deadline_ns)
