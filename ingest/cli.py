@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from schemas.config import add_config_arguments, config_from_args, setting
 from schemas.errors import ConfigError
@@ -115,7 +116,7 @@ def run_import(args: argparse.Namespace) -> int:
     from ingest.logs import write_table
     from ingest.mapping import load_mapping
 
-    cfg = config_from_args(_import_settings(), args)
+    cfg: Any = config_from_args(_import_settings(), args)
     if not cfg.out:
         raise ConfigError("--out (DRIVESTREAM_OUT) is required: where to write the Parquet log")
     overrides = {n: getattr(cfg, f"map_{n}") or None for n in _MAPPING_FLAGS}

@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "stop":
         print("broker stopped" if broker.stop() else "no broker was running")
     elif args.action == "status":
-        state = broker.state()
-        if state is None:
+        found = broker.state()
+        if found is None:
             print(json.dumps({"running": False, "data_dir": str(broker.data_dir)}))
             return 1
         print(
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "running": True,
                     "data_dir": str(broker.data_dir),
-                    **state.__dict__,
-                    "bootstrap": state.bootstrap,
+                    **found.__dict__,
+                    "bootstrap": found.bootstrap,
                 }
             )
         )

@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from schemas.errors import DrivestreamError
 
@@ -60,7 +61,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _load(module: str, name: str) -> Callable[..., object]:
+def _load(module: str, name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 

@@ -82,7 +82,7 @@ class KafkaSettings:
             "sasl_password": os.environ.get("DRIVESTREAM_SASL_PASSWORD"),
             "ssl_cafile": os.environ.get("DRIVESTREAM_SSL_CAFILE"),
         }
-        values = {k: v for k, v in env.items() if v}
+        values: dict[str, Any] = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

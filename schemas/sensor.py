@@ -11,6 +11,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -125,7 +126,7 @@ def table_to_frames(table: pa.Table) -> list[SensorFrame]:
     required_missing = [n for n in missing if not ARROW_SCHEMA.field(n).nullable]
     if required_missing:
         raise ValidationError(required_missing[0], "column missing from table")
-    cols = {
+    cols: dict[str, list[Any]] = {
         n: (table.column(n).to_pylist() if n in table.column_names else [None] * table.num_rows)
         for n in ARROW_SCHEMA.names
     }
