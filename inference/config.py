@@ -30,7 +30,7 @@ class ServeConfig:
     model_name: str = field(default="", metadata=_help("serve only this model name ('' = any)"))
     max_batch: int = field(default=64, metadata=_help("largest micro-batch across vehicles"))
     max_wait_us: int = field(
-        default=2000, metadata=_help("longest a frame waits for its batch to fill, microseconds")
+        default=500, metadata=_help("longest a frame waits for its batch to fill, microseconds")
     )
     budget_ms: float = field(
         default=50.0, metadata=_help("latency budget per frame after its t_produce_ns")
