@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,4 +86,48 @@ def test_up_answers_every_frame_serves_models_reports_and_leaves_nothing(tmp_pat
     assert (report_path.parent / "latency_cdf.png").exists()
     assert "end-to-end" in done.stdout
     # No child (services, torchrun ranks, broker JVM) outlives `up`.
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_ctrl_c_stops_every_child_and_still_reports(tmp_path):
+    run_dir = tmp_path / "runs"
+    env = {
+        **os.environ,
+        "DRIVESTREAM_BROKER_DIR": str(tmp_path / "broker"),
+        "DRIVESTREAM_BROKER_PORT": "0",
+    }
+    env.pop("DRIVESTREAM_BOOTSTRAP", None)
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "up",
+            "--duration-s",
+            "300",
+            "--vehicles",
+            "4",
+            "--run-dir",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(run_dir.glob("*/logs/replay.log")):
+            assert up.poll() is None, up.communicate()[1][-3000:]
+            time.sleep(0.5)
+        assert list(run_dir.glob("*/logs/replay.log")), "up never started the replay"
+        time.sleep(5)  # let some frames through
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=180)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert "interrupted: stopping every service" in err, err[-3000:]
+    assert "end-to-end" in out, err[-3000:]  # the report of what was measured so far
+    assert list(run_dir.glob("*/report/report.json"))
     assert processes_mentioning(str(tmp_path)) == []
