@@ -16,9 +16,8 @@ from inference import fallback
 from inference.batching import Pending
 from inference.config import ServeConfig
 from inference.metrics import ServeMetrics
-from inference.output import Output
+from inference.output import Answer, Output
 from inference.runtime import LoadedModel
-from schemas import prediction
 from schemas.headers import now_ns
 
 log = logging.getLogger(__name__)
@@ -56,57 +55,51 @@ class Answerer:
             return
         now = now_ns()
         horizons = model.spec.horizons_s
-        n = len(items)
-        late = [not self.in_time(it, n, now) for it in items]
+        # in_time() for the whole batch at once: same shape, same cost for every item
+        shape = self.config.padded(min(len(items), self.config.max_batch))
+        limit = now + self.cost_ns.get(shape, 1 * MS) + self._margin_ns
+        late = [it.deadline_ns < limit for it in items]
         if any(late):
             self.fallback([it for it, x in zip(items, late, strict=True) if x], "late", horizons)
             items = [it for it, x in zip(items, late, strict=True) if not x]
         # a swap changed the window length: only those frames fall back
-        short = [it.window is None or it.window.shape[0] != model.spec.history for it in items]
+        history = model.spec.history
+        short = [it.window is None or it.window.shape[0] != history for it in items]
         if any(short):
             unfit = [it for it, x in zip(items, short, strict=True) if x]
             self.fallback(unfit, "warmup", horizons)
             items = [it for it, x in zip(items, short, strict=True) if not x]
         if not items:
             return
-        shape = self.config.padded(len(items))
-        x = np.zeros((shape, model.spec.history, len(model.spec.features)), np.float32)
-        x[: len(items)] = np.stack([it.window for it in items])  # type: ignore[misc]
+        n = len(items)
+        shape = self.config.padded(n)
+        x = np.zeros((shape, history, len(model.spec.features)), np.float32)
+        x[:n] = np.stack([it.window for it in items])  # type: ignore[misc]
         t_start = now_ns()
         try:
             out = model.run(x)
         except Exception:
-            log.exception("model v%d failed on a batch of %d", model.version, len(items))
+            log.exception("model v%d failed on a batch of %d", model.version, n)
             self.fallback(items, "model_error", horizons)
             return
         t_end = now_ns()
         self.cost_ns[shape] = 0.8 * self.cost_ns.get(shape, t_end - t_start) + 0.2 * (
             t_end - t_start
         )
-        self.metrics.batch_size.observe(len(items))
-        for i, it in enumerate(items):
-            if not np.all(np.isfinite(out[i])):
+        self.metrics.batch_size.observe(n)
+        out = out[:n]
+        answer = Answer(horizons, model.version, [model.name] * n, "model", "", t_start, t_end)
+        finite = np.isfinite(out).all(axis=(1, 2))
+        if finite.all():
+            self.output.publish(items, out[:, :, 0].tolist(), out[:, :, 1].tolist(), answer)
+            return
+        for i, it in enumerate(items):  # rare: keep each vehicle's answers in frame order
+            if not finite[i]:
                 self.fallback([it], "non_finite", horizons)
-                continue
-            self.output.prediction(
-                prediction.Prediction(
-                    it.frame.vehicle_id,
-                    it.frame.seq,
-                    it.frame.t_event_ns,
-                    horizons,
-                    tuple(out[i, :, 0].tolist()),
-                    tuple(out[i, :, 1].tolist()),
-                    model.version,
-                    model.name,
-                    "model",
-                    "",
-                    it.t_produce_ns,
-                    it.t_consumed_ns,
-                    t_start,
-                    t_end,
-                ),
-                it.deadline_ns,
-            )
+            else:
+                self.output.publish(
+                    [it], out[i : i + 1, :, 0].tolist(), out[i : i + 1, :, 1].tolist(), answer
+                )
 
     def fallback(self, items: list[Pending], reason: str, horizons: tuple[float, ...]) -> None:
         """Answer ``items`` from their newest frame with CV or CTRV, labelled ``reason``."""
@@ -120,24 +113,8 @@ class Answerer:
         x, y, v, h, w = np.array(states, dtype=np.float64).T
         out, turning = fallback.predict(x, y, v, h, w, horizons, self.config.cv_yaw_eps)
         t_end = now_ns()
-        for i, it in enumerate(items):
-            f = it.frame
-            p = prediction.Prediction(
-                f.vehicle_id,
-                f.seq,
-                f.t_event_ns,
-                horizons,
-                tuple(out[i, :, 0].tolist()),
-                tuple(out[i, :, 1].tolist()),
-                -1,
-                fallback.CTRV if turning[i] else fallback.CV,
-                "fallback",
-                reason,
-                it.t_produce_ns,
-                it.t_consumed_ns,
-                t_start,
-                t_end,
-            )
-            self.metrics.fallbacks.labels(reason=reason).inc()
-            self.stats[f"fallback_{reason}"] += 1
-            self.output.prediction(p, it.deadline_ns)
+        names = [fallback.CTRV if t else fallback.CV for t in turning.tolist()]
+        answer = Answer(horizons, -1, names, "fallback", reason, t_start, t_end)
+        self.metrics.fallbacks.labels(reason=reason).inc(len(items))
+        self.stats[f"fallback_{reason}"] += len(items)
+        self.output.publish(items, out[:, :, 0].tolist(), out[:, :, 1].tolist(), answer)

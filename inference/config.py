@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from schemas import topics
 from schemas.errors import ConfigError
@@ -99,7 +100,7 @@ class ServeConfig:
     def deadletter_topic(self) -> str:
         return self.topic_prefix + topics.DEADLETTER
 
-    @property
+    @cached_property
     def batch_shapes(self) -> tuple[int, ...]:
         """Batch sizes the model runs at: powers of two up to max_batch, and max_batch."""
         shapes = [1]
@@ -110,7 +111,17 @@ class ServeConfig:
         return tuple(shapes)
 
     def padded(self, n: int) -> int:
-        """The warmed batch shape that holds ``n`` rows."""
+        """The warmed batch shape that holds ``n`` rows (called per frame: a table lookup)."""
+        table = self._padded
+        if 0 <= n < len(table):
+            return table[n]
+        return self.max_batch
+
+    @cached_property
+    def _padded(self) -> tuple[int, ...]:
+        return tuple(self._pad(n) for n in range(self.max_batch + 1))
+
+    def _pad(self, n: int) -> int:
         for s in self.batch_shapes:
             if s >= n:
                 return s

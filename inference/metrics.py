@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -18,6 +19,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 #: Stage latency buckets, seconds: 100 µs .. 1 s.
 LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 1.0)
@@ -25,18 +28,55 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 STAGES = ("kafka_in", "queue", "infer", "publish", "service", "since_produce")
 
 
+class StageHistogram(Collector):
+    """The per-stage latency histogram, updated once per published batch.
+
+    Same exposition as a prometheus_client Histogram labelled by ``stage``, but a batch of N
+    predictions costs one vectorised bucket count per stage instead of 6 * N observe() calls.
+    """
+
+    name = "drivestream_inference_stage_seconds"
+    documentation = "Latency of each stage of one prediction"
+
+    def __init__(self, stages: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        self.stages, self.buckets = stages, buckets
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros((len(stages), len(buckets) + 1), np.int64)  # last: +Inf
+        self._sums = np.zeros(len(stages), np.float64)
+        self._lock = threading.Lock()
+
+    def observe_many(self, seconds: np.ndarray) -> None:
+        """``seconds[stage, i]``: latency of prediction i at each stage (rows in STAGES order)."""
+        idx = np.searchsorted(self._bounds, seconds, side="left")  # le semantics: v <= bound
+        width = len(self.buckets) + 1
+        rows = np.arange(len(self.stages))[:, None] * width
+        counts = np.bincount((idx + rows).ravel(), minlength=self._counts.size)
+        with self._lock:
+            self._counts += counts.reshape(self._counts.shape)
+            self._sums += seconds.sum(axis=1)
+
+    def counts(self, stage: str) -> tuple[list[int], float]:
+        """Cumulative bucket counts (last: +Inf = total) and the sum of one stage."""
+        i = self.stages.index(stage)
+        with self._lock:
+            return np.cumsum(self._counts[i]).tolist(), float(self._sums[i])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=["stage"])
+        for stage in self.stages:
+            cumulative, total = self.counts(stage)
+            bounds = [*(str(b) for b in self.buckets), "+Inf"]
+            fam.add_metric([stage], list(zip(bounds, cumulative, strict=True)), total)
+        yield fam
+
+
 class ServeMetrics:
     """Counters, gauges and histograms the serving loop updates."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.stage_latency = Histogram(
-            "drivestream_inference_stage_seconds",
-            "Latency of each stage of one prediction",
-            ["stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.stage_latency = StageHistogram(STAGES, LATENCY_BUCKETS)
+        r.register(self.stage_latency)
         self.batch_size = Histogram(
             "drivestream_inference_batch_size",
             "Frames per model batch",
@@ -92,8 +132,7 @@ class ServeMetrics:
             "drivestream_inference_vehicles", "Vehicles with history here", registry=r
         )
 
-        # children cached: labels() costs more than observe() on the hot path
-        self.stages = {s: self.stage_latency.labels(stage=s) for s in STAGES}
+        # children cached: labels() costs more than inc() on the hot path
         self.by_source = {s: self.predictions.labels(source=s) for s in ("model", "fallback")}
 
     def set_provider(self, provider: str) -> None:

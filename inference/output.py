@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
+
+from inference.batching import Pending
 from inference.config import ServeConfig
 from inference.errors import DeliveryError
-from inference.metrics import ServeMetrics
+from inference.metrics import STAGES, ServeMetrics
 from schemas import deadletter, prediction
 from schemas.headers import now_ns
-from schemas.kafka import Consumer, KafkaSettings, Message, Producer
+from schemas.kafka import Consumer, KafkaSettings, KeyPartitioner, Message, Producer
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,20 @@ Key = tuple[str, int]
 
 _PRED_HEADERS = prediction.prediction_headers()
 _DL_HEADERS = deadletter.dead_letter_headers()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one batch of predictions shares: who answered, why, when, at which horizons."""
+
+    horizons: tuple[float, ...]
+    model_version: int
+    names: Sequence[str]
+    """Model name per item (the fallback picks cv or ctrv per vehicle)."""
+    source: prediction.Source
+    reason: str
+    t_infer_start_ns: int
+    t_infer_end_ns: int
 
 
 class Output:
@@ -44,9 +63,25 @@ class Output:
         self.committed: dict[Key, int] = {}
         self.halted = False
         """Set after a failed delivery or an unclean close: nothing is committed any more."""
+        self._encoder = prediction.PredictionEncoder()
+        self._partitions = KeyPartitioner()
+        self._sent = False
 
     def open(self, settings: KafkaSettings) -> None:
         self.producer = Producer(settings)
+        self._sent = False
+
+    def refresh_partitions(self) -> None:
+        """Learn the predictions topic's partitions, once the producer has its metadata (after
+        a send: never blocks the loop on a lookup), so sends skip kafka's per-key murmur2."""
+        if self.producer is None or not self._sent:
+            return
+        try:
+            parts = self.producer.partitions_for(self.config.predictions_topic)
+        except Exception as exc:  # keep kafka's own partitioning until the next try
+            log.debug("partitions of %s unknown: %s", self.config.predictions_topic, exc)
+            return
+        self._partitions.set_partitions(parts)
 
     def close(self) -> None:
         """Close the producer (it flushes); the consumer must be closed first (its revoke
@@ -59,33 +94,77 @@ class Output:
         self.halted = True
 
     # --- publishing ------------------------------------------------------------------
-    def prediction(self, p: prediction.Prediction, deadline_ns: int) -> None:
-        """Stamp t_published_ns right before producing; never flushes.
+    def publish(
+        self,
+        items: Sequence[Pending],
+        xs: Sequence[Sequence[float]],
+        ys: Sequence[Sequence[float]],
+        answer: Answer,
+    ) -> None:
+        """Publish one prediction per item (row i of ``xs``/``ys``); never flushes.
 
-        Counters here count records handed to the producer; a record that then fails to
-        deliver stops the service at the next check (see check_delivery), uncommitted.
+        t_published_ns is stamped per record right before producing. Counters and latency
+        histograms are updated once for the whole batch. They count records handed to the
+        producer; a record that then fails to deliver stops the service at the next check
+        (see check_delivery), uncommitted.
         """
-        assert self.producer is not None
-        p = p.published(now_ns())
-        self.producer.send(
-            self.config.predictions_topic,
-            prediction.encode_prediction(p),
-            key=p.vehicle_id,
-            headers=_PRED_HEADERS,
-        )
-        self.stats[p.source] += 1
-        m = self.metrics
-        m.by_source[p.source].inc()
-        if p.t_published_ns > deadline_ns:
-            self.stats["budget_miss"] += 1
-            m.budget_misses.labels(source=p.source).inc()
-        st = m.stages
-        st["kafka_in"].observe(max(0, p.t_consumed_ns - p.t_produce_ns) / 1e9)
-        st["queue"].observe((p.t_infer_start_ns - p.t_consumed_ns) / 1e9)
-        st["infer"].observe((p.t_infer_end_ns - p.t_infer_start_ns) / 1e9)
-        st["publish"].observe((p.t_published_ns - p.t_infer_end_ns) / 1e9)
-        st["service"].observe((p.t_published_ns - p.t_consumed_ns) / 1e9)
-        st["since_produce"].observe(max(0, p.t_published_ns - p.t_produce_ns) / 1e9)
+        producer = self.producer
+        assert producer is not None
+        n = len(items)
+        if n == 0:
+            return
+        topic = self.config.predictions_topic
+        enc, parts = self._encoder, self._partitions
+        horizons, source = answer.horizons, answer.source
+        points = enc.points(len(horizons))
+        names = answer.names
+        mids = {name: enc.middle(name, source, answer.reason) for name in set(names)}
+        t0, t1, version = answer.t_infer_start_ns, answer.t_infer_end_ns, answer.model_version
+        published = [0] * n
+        for i, it in enumerate(items):
+            f = it.frame
+            vid = f.vehicle_id
+            t_pub = now_ns()
+            value = enc.encode(
+                vid,
+                f.seq,
+                f.t_event_ns,
+                version,
+                mids[names[i]],
+                (it.t_produce_ns, it.t_consumed_ns, t0, t1, t_pub),
+                points,
+                horizons,
+                xs[i],
+                ys[i],
+            )
+            producer.send(topic, value, key=vid, headers=_PRED_HEADERS, partition=parts.get(vid))
+            published[i] = t_pub
+        self._sent = True
+        self._account(items, published, answer)
+
+    def _account(self, items: Sequence[Pending], published: list[int], answer: Answer) -> None:
+        """Counters and stage histograms of one published batch."""
+        n, source, m = len(items), answer.source, self.metrics
+        self.stats[source] += n
+        m.by_source[source].inc(n)
+        stamps = np.array(
+            [(it.t_produce_ns, it.t_consumed_ns, it.deadline_ns) for it in items], np.int64
+        ).T
+        produce, consumed, deadline = stamps
+        pub = np.array(published, np.int64)
+        misses = int(np.count_nonzero(pub > deadline))
+        if misses:
+            self.stats["budget_miss"] += misses
+            m.budget_misses.labels(source=source).inc(misses)
+        t0, t1 = answer.t_infer_start_ns, answer.t_infer_end_ns
+        stages = np.empty((len(STAGES), n), np.float64)
+        stages[0] = np.maximum(0, consumed - produce)  # kafka_in
+        stages[1] = t0 - consumed  # queue
+        stages[2] = t1 - t0  # infer
+        stages[3] = pub - t1  # publish
+        stages[4] = pub - consumed  # service
+        stages[5] = np.maximum(0, pub - produce)  # since_produce
+        m.stage_latency.observe_many(stages / 1e9)
 
     def dead_letter(self, msg: Message, reason: str) -> None:
         """Send an undecodable record, raw bytes and headers kept, to the dead-letter topic."""
@@ -148,6 +227,7 @@ class Output:
         if not offsets or self.halted:
             return
         self.flush_delivered()
+        self.refresh_partitions()
         try:
             consumer.commit(offsets)
             self.committed.update(offsets)

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 import pyarrow as pa
-from kafka.partitioner.default import murmur2
 
 from ingest.schedule import LagStats, Pacer, make_plan, parse_speed
 from schemas import topics
 from schemas.errors import ConfigError
 from schemas.headers import Headers, now_ns
-from schemas.kafka import KafkaSettings, Producer
+from schemas.kafka import KafkaSettings, KeyPartitioner, Producer
 from schemas.sensor import SensorFrame, encode_frames, frame_headers, table_to_frames
 
 log = logging.getLogger(__name__)
@@ -192,11 +191,10 @@ class Replayer:
         paced = cfg.paced
         limit = cfg.max_frames or (plan.frames if not cfg.loop else None)
         keys = {v: v.encode() for v in {f.vehicle_id for f in self._frames}}
-        # The key's partition, computed once per vehicle with the client's own (Java-
-        # compatible murmur2) partitioner instead of once per send: same placement, less CPU.
-        partition_of = {
-            v: partitions[(murmur2(k) & 0x7FFFFFFF) % len(partitions)] for v, k in keys.items()
-        }
+        # The key's partition, computed once per vehicle instead of once per send.
+        partitioner = KeyPartitioner()
+        partitioner.set_partitions(partitions)
+        partition_of = {v: partitioner.get(v) for v in keys}
         lags = LagStats()
         progress = _Progress(self._stream, lags) if cfg.progress else None
         frames_sent = records = laps = 0

@@ -16,6 +16,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from schemas.errors import ConfigError
 from schemas.headers import Headers
@@ -181,6 +182,35 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class KeyPartitioner:
+    """The partition kafka-python's default partitioner picks for a key, cached per key.
+
+    Hot producers (replayer, inference) pass it as ``partition=`` so a send skips the
+    pure-Python murmur2; placement is exactly the client's (Java-compatible).
+    """
+
+    def __init__(self) -> None:
+        self._partitions: tuple[int, ...] = ()
+        self._by_key: dict[str, int] = {}
+
+    def set_partitions(self, partitions: set[int] | Sequence[int]) -> None:
+        """Adopt the topic's current partitions (the cache is kept while they are unchanged)."""
+        ordered = tuple(sorted(partitions))
+        if ordered != self._partitions:
+            self._partitions = ordered
+            self._by_key.clear()
+
+    def get(self, key: str) -> int | None:
+        """The partition for ``key``, or None while the topic's partitions are unknown."""
+        p = self._by_key.get(key)
+        if p is None and self._partitions:
+            if len(self._by_key) > 1_000_000:
+                self._by_key.clear()
+            idx = (murmur2(key.encode()) & 0x7FFFFFFF) % len(self._partitions)
+            p = self._by_key[key] = self._partitions[idx]
+        return p
 
 
 class Consumer:

@@ -8,6 +8,7 @@ t_infer_end_ns around the model (or fallback) call; t_published_ns right before 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -83,32 +84,92 @@ _K = struct.Struct("<B")
 _POINT = struct.Struct("<3d")
 
 
+class PredictionEncoder:
+    """The v1 value layout, written field by field from plain values.
+
+    Serving encodes one record per frame; this caches what repeats (vehicle ids, the
+    model name/source/reason block, the struct of K points) so a batch costs little.
+    """
+
+    def __init__(self) -> None:
+        self._vid: dict[str, bytes] = {}
+        self._mid: dict[tuple[str, str, str], bytes] = {}
+        self._points: dict[int, struct.Struct] = {}
+
+    def vehicle(self, vehicle_id: str) -> bytes:
+        raw = self._vid.get(vehicle_id)
+        if raw is None:
+            if len(self._vid) > 1_000_000:  # vehicles come and go: keep the cache bounded
+                self._vid.clear()
+            raw = self._vid[vehicle_id] = pack_string(vehicle_id)
+        return raw
+
+    def middle(self, name: str, source: str, reason: str) -> bytes:
+        """Model name, source index and reason: constant across one batch."""
+        key = (name, source, reason)
+        raw = self._mid.get(key)
+        if raw is None:
+            if source not in SOURCES:
+                raise CodecError("source", f"must be one of {SOURCES}, got {source!r}")
+            raw = pack_string(name) + bytes([SOURCES.index(source)]) + pack_string(reason)
+            self._mid[key] = raw
+        return raw
+
+    def points(self, k: int) -> struct.Struct:
+        """Struct of the K-byte count and K (horizon, x, y) triples."""
+        st = self._points.get(k)
+        if st is None:
+            if not 1 <= k <= 255:
+                raise CodecError("horizons_s", f"need 1..255 horizons, got {k}")
+            st = self._points[k] = struct.Struct("<B" + "3d" * k)
+        return st
+
+    def encode(
+        self,
+        vehicle_id: str,
+        seq: int,
+        t_event_ns: int,
+        model_version: int,
+        middle: bytes,
+        stamps: tuple[int, int, int, int, int],
+        points: struct.Struct,
+        horizons: Sequence[float],
+        xs: Sequence[float],
+        ys: Sequence[float],
+    ) -> bytes:
+        """One value; ``middle``/``points`` from :meth:`middle`/:meth:`points`."""
+        if not len(horizons) == len(xs) == len(ys):
+            raise CodecError("horizons_s", "horizons, pred_x and pred_y differ in length")
+        flat: list[float] = [len(horizons)]
+        for h, x, y in zip(horizons, xs, ys, strict=True):
+            flat += (h, x, y)
+        return b"".join(
+            (
+                self.vehicle(vehicle_id),
+                _HEAD.pack(seq, t_event_ns, model_version),
+                middle,
+                _STAMPS.pack(*stamps),
+                points.pack(*flat),
+            )
+        )
+
+
+_ENCODER = PredictionEncoder()
+
+
 def encode_prediction(p: Prediction) -> bytes:
-    if not len(p.horizons_s) == len(p.pred_x) == len(p.pred_y):
-        raise CodecError("horizons_s", "horizons, pred_x and pred_y differ in length")
-    if not 1 <= len(p.horizons_s) <= 255:
-        raise CodecError("horizons_s", f"need 1..255 horizons, got {len(p.horizons_s)}")
-    if p.source not in SOURCES:
-        raise CodecError("source", f"must be one of {SOURCES}, got {p.source!r}")
-    parts = [
-        pack_string(p.vehicle_id),
-        _HEAD.pack(p.seq, p.t_event_ns, p.model_version),
-        pack_string(p.model_name),
-        _SRC.pack(SOURCES.index(p.source)),
-        pack_string(p.reason),
-        _STAMPS.pack(
-            p.t_produce_ns,
-            p.t_consumed_ns,
-            p.t_infer_start_ns,
-            p.t_infer_end_ns,
-            p.t_published_ns,
-        ),
-        _K.pack(len(p.horizons_s)),
-    ]
-    parts.extend(
-        _POINT.pack(h, x, y) for h, x, y in zip(p.horizons_s, p.pred_x, p.pred_y, strict=True)
+    return _ENCODER.encode(
+        p.vehicle_id,
+        p.seq,
+        p.t_event_ns,
+        p.model_version,
+        _ENCODER.middle(p.model_name, p.source, p.reason),
+        (p.t_produce_ns, p.t_consumed_ns, p.t_infer_start_ns, p.t_infer_end_ns, p.t_published_ns),
+        _ENCODER.points(len(p.horizons_s)),
+        p.horizons_s,
+        p.pred_x,
+        p.pred_y,
     )
-    return b"".join(parts)
 
 
 def decode_prediction(value: bytes) -> Prediction:

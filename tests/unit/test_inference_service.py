@@ -37,9 +37,14 @@ class FakeProducer:
         self.last_error: BaseException | None = None
         self.fail_on_flush = False
         self.events: list[str] = []
+        self.partitions: list[int | None] = []
 
     def send(self, topic, value, key=None, headers=None, partition=None) -> None:
         self.sent.append((topic, value))
+        self.partitions.append(partition)
+
+    def partitions_for(self, topic) -> set[int]:
+        return {0, 1, 2, 3}
 
     def flush(self, timeout_s=None) -> None:
         self.flushes += 1
