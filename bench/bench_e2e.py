@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import subprocess
@@ -34,12 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import synthetic  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from pipeline.broker import free_port  # noqa: E402
 from schemas.envelope import encode_envelope, envelope_headers  # noqa: E402
 from schemas.headers import T_PRODUCE_NS, now_ns, read_stamp  # noqa: E402
 from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics  # noqa: E402
 from schemas.prediction import decode_prediction  # noqa: E402
-from schemas.sensor import SensorFrame, encode_frames, frame_headers  # noqa: E402
+from schemas.sensor import encode_frames, frame_headers  # noqa: E402
 from schemas.topics import TopicNames, TopicSpec, default_topics  # noqa: E402
 
 WARMUP_S = 1.0
@@ -81,19 +82,7 @@ def load(
             while sent < total:
                 due = min(total, int((time.monotonic() - t0) * rate))
                 while sent < due:
-                    seq, v = divmod(sent, vehicles)
-                    heading = math.remainder(0.01 * v, 2 * math.pi)
-                    f = SensorFrame(
-                        f"v{v}",
-                        seq,
-                        10**9 + seq * 10**8,
-                        100 * math.cos(heading) + seq * math.cos(heading),
-                        seq * math.sin(heading),
-                        10.0,
-                        heading,
-                        0.0,
-                        0.0,
-                    )
+                    f = synthetic.frame(sent, vehicles, heading_step=0.01)
                     p.send(
                         src, encode_frames([f]), key=f.vehicle_id, headers=frame_headers(now_ns())
                     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import logging
-import math
 import pstats
 import statistics
 import sys
@@ -39,25 +38,15 @@ def _paths(package_root: str | None) -> None:
 
 def fill(settings, topic: str, frames: int, vehicles: int) -> None:  # type: ignore[no-untyped-def]
     """Produce ``frames`` records of one valid frame each, round-robin over vehicles."""
+    import synthetic
+
     from schemas.headers import now_ns
     from schemas.kafka import Producer
-    from schemas.sensor import SensorFrame, encode_frames, frame_headers
+    from schemas.sensor import encode_frames, frame_headers
 
     with Producer(settings, linger_ms=5) as p:
         for i in range(frames):
-            seq, v = divmod(i, vehicles)
-            heading = math.remainder(0.2 * v, 2 * math.pi)
-            f = SensorFrame(
-                f"v{v}",
-                seq,
-                10**9 + seq * 10**8,
-                100 * math.cos(heading) + seq * math.cos(heading),
-                seq * math.sin(heading),
-                10.0,
-                heading,
-                0.01 if v % 2 else 0.0,
-                0.0,
-            )
+            f = synthetic.frame(i, vehicles, heading_step=0.2, turning_yaw_rate=0.01)
             p.send(topic, encode_frames([f]), key=f.vehicle_id, headers=frame_headers(now_ns()))
 
 

@@ -98,6 +98,7 @@ class InferenceService:
         self.output.open(self.settings)
         self._consumer = Consumer(self.settings, [c.sensors_topic], c.group_id)
         self._consumer.on_rebalance(RebalanceDrain(self))
+        self._consumer.wait_partitions(c.sensors_topic)  # join only once metadata has it
         self._watcher = ModelWatcher(self.settings, c.models_topic, self.swapper)
         self._watcher.start()
         self._server.start()

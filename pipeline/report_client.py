@@ -79,10 +79,7 @@ class ReportClient:
 
     def _consumer(self, topic: str) -> Consumer:
         consumer = Consumer(self._settings, client_id="drivestream-report")
-        parts = consumer.partitions_for(topic)
-        if not parts:
-            raise ConfigError(f"topic {topic} does not exist on {self._settings.bootstrap}")
-        consumer.assign(topic, sorted(parts))
+        consumer.assign(topic, sorted(consumer.wait_partitions(topic, timeout_s=10)))
         if not self.config.from_beginning:
             consumer.client.seek_to_end()
         return consumer

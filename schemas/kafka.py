@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,6 +258,24 @@ class Consumer:
     def partitions_for(self, topic: str) -> set[int]:
         return self.client.partitions_for_topic(topic) or set()
 
+    def wait_partitions(self, topic: str, timeout_s: float = 30.0) -> set[int]:
+        """The topic's partitions once the cluster metadata knows them.
+
+        Call before the first poll of a just-created topic: a group joined while the
+        client's metadata lacks the topic gets no partitions assigned.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            parts = self.partitions_for(topic)
+            if parts:
+                return parts
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"topic {topic!r} not found on {self._config['bootstrap_servers']}; "
+                    "create it first (drivestream topics)"
+                )
+            time.sleep(0.2)
+
     def poll(self, timeout_ms: int = 100, max_records: int | None = None) -> list[Message]:
         batches = self.client.poll(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Message] = []
@@ -328,8 +347,6 @@ def ensure_topics(
 
 
 def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         described = admin.describe_topics(names)

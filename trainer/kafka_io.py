@@ -8,7 +8,7 @@ import time
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from schemas.errors import ConfigError, DrivestreamError, ValidationError
+from schemas.errors import DrivestreamError, ValidationError
 from schemas.kafka import Consumer, KafkaSettings, Producer
 from schemas.sensor import SensorFrame, check_frame_headers, decode_frames
 from trainer import wire
@@ -26,17 +26,6 @@ class PushError(DrivestreamError):
 def owned_partitions(partitions: set[int], rank: int, world: int) -> list[int]:
     """Decision 4: rank r owns the partitions p with p % world == r."""
     return sorted(p for p in partitions if p % world == rank)
-
-
-def wait_partitions(consumer: Consumer, topic: str, timeout_s: float = 30.0) -> set[int]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        parts = consumer.partitions_for(topic)
-        if parts:
-            return parts
-        if time.monotonic() > deadline:
-            raise ConfigError(f"topic {topic!r} not found; create it (drivestream topics) first")
-        time.sleep(0.2)
 
 
 class KafkaFrameSource:
@@ -59,7 +48,7 @@ class KafkaFrameSource:
         self.topic = topic
         self.invalid = 0
         self._consumer = Consumer(settings, group_id=group_id)
-        self.partitions = owned_partitions(wait_partitions(self._consumer, topic), rank, world)
+        self.partitions = owned_partitions(self._consumer.wait_partitions(topic), rank, world)
         self._pos: dict[int, int] = {}
         if self.partitions:
             self._consumer.assign(topic, self.partitions)
@@ -109,7 +98,7 @@ class KafkaPSLink:
         self.updates_topic = updates_topic
         self._producer = Producer(settings)
         self._consumer = Consumer(settings, group_id=None)
-        wait_partitions(self._consumer, weights_topic)
+        self._consumer.wait_partitions(weights_topic)
         tp = TopicPartition(weights_topic, 0)
         self._consumer.assign(weights_topic, [0])
         end = self._consumer.client.end_offsets([tp])[tp]

@@ -31,7 +31,6 @@ from trainer import wire
 from trainer.checkpoint import read_if_exists, write_atomic
 from trainer.config import PSConfig
 from trainer.export import OnnxExporter
-from trainer.kafka_io import wait_partitions
 from trainer.model import build_model, trainable_state
 from trainer.server_state import ServerState
 from trainer.signals import install_stop_handler
@@ -149,7 +148,7 @@ class ParameterServer:
         consumer = Consumer(self.settings, group_id=None)
         producer = Producer(self.settings)
         try:
-            wait_partitions(consumer, updates)
+            consumer.wait_partitions(updates)
             consumer.assign(updates, [0])
             tp = TopicPartition(updates, 0)
             self._check_retention(consumer.client.beginning_offsets([tp])[tp])

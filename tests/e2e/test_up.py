@@ -31,14 +31,20 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_up_answers_every_frame_serves_models_reports_and_leaves_nothing(tmp_path):
-    run_dir = tmp_path / "runs"
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for an `up` with its own broker (data dir and free port under tmp_path)."""
     env = {
         **os.environ,
         "DRIVESTREAM_BROKER_DIR": str(tmp_path / "broker"),
         "DRIVESTREAM_BROKER_PORT": "0",
     }
     env.pop("DRIVESTREAM_BOOTSTRAP", None)
+    return env
+
+
+def test_up_answers_every_frame_serves_models_reports_and_leaves_nothing(tmp_path):
+    run_dir = tmp_path / "runs"
+    env = isolated_env(tmp_path)
     done = subprocess.run(
         [
             sys.executable,
@@ -91,12 +97,7 @@ def test_up_answers_every_frame_serves_models_reports_and_leaves_nothing(tmp_pat
 
 def test_ctrl_c_stops_every_child_and_still_reports(tmp_path):
     run_dir = tmp_path / "runs"
-    env = {
-        **os.environ,
-        "DRIVESTREAM_BROKER_DIR": str(tmp_path / "broker"),
-        "DRIVESTREAM_BROKER_PORT": "0",
-    }
-    env.pop("DRIVESTREAM_BOOTSTRAP", None)
+    env = isolated_env(tmp_path)
     up = subprocess.Popen(
         [
             sys.executable,
