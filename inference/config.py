@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 from schemas import topics
+from schemas.config import setting
 from schemas.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,44 +20,26 @@ class ServeConfig:
     ``InputSpec.max_gap_s`` (the trainer's limit), so the two can never disagree.
     """
 
-    bootstrap: str = field(default="127.0.0.1:9092", metadata=_help("Kafka bootstrap host:port"))
-    topic_prefix: str = field(default="", metadata=_help("prefix of every topic name"))
-    group_id: str = field(
-        default="drivestream-inference", metadata=_help("consumer group shared by instances")
-    )
-    model_name: str = field(default="", metadata=_help("serve only this model name ('' = any)"))
-    max_batch: int = field(default=64, metadata=_help("largest micro-batch across vehicles"))
-    max_wait_us: int = field(
-        default=500, metadata=_help("longest a frame waits for its batch to fill, microseconds")
-    )
-    budget_ms: float = field(
-        default=50.0, metadata=_help("latency budget per frame after its t_produce_ns")
-    )
-    safety_margin_ms: float = field(
-        default=3.0, metadata=_help("time kept back for publishing when judging the budget")
-    )
-    device: str = field(default="auto", metadata=_help("auto | cpu | cuda"))
-    intra_op_threads: int = field(default=1, metadata=_help("ONNX Runtime intra-op threads (CPU)"))
-    metrics_port: int = field(
-        default=0, metadata=_help("Prometheus /metrics + /healthz port, 0=off")
-    )
-    metrics_host: str = field(default="0.0.0.0", metadata=_help("address the metrics server binds"))
-    commit_interval_ms: int = field(
-        default=1000, metadata=_help("how often to flush predictions and commit offsets")
-    )
-    max_poll_records: int = field(default=500, metadata=_help("records taken per consumer poll"))
-    reject_ratio: float = field(
-        default=1.5, metadata=_help("reject a model whose ADE > ratio * baseline ADE + margin")
-    )
-    reject_margin_m: float = field(default=0.5, metadata=_help("margin of that test, metres"))
-    min_truth_samples: int = field(
-        default=16, metadata=_help("ground-truth windows needed before comparing accuracy")
-    )
-    truth_capacity: int = field(default=512, metadata=_help("recent ground-truth windows kept"))
-    cv_yaw_eps: float = field(
-        default=1e-3, metadata=_help("|yaw rate| below this uses constant velocity, rad/s")
-    )
-    log_level: str = field(default="INFO", metadata=_help("DEBUG, INFO, WARNING or ERROR"))
+    bootstrap: str = setting("127.0.0.1:9092", "Kafka bootstrap host:port")
+    topic_prefix: str = setting("", "prefix of every topic name")
+    group_id: str = setting("drivestream-inference", "consumer group shared by instances")
+    model_name: str = setting("", "serve only this model name ('' = any)")
+    max_batch: int = setting(64, "largest micro-batch across vehicles")
+    max_wait_us: int = setting(500, "longest a frame waits for its batch to fill, microseconds")
+    budget_ms: float = setting(50.0, "latency budget per frame after its t_produce_ns")
+    safety_margin_ms: float = setting(3.0, "time kept back for publishing when judging the budget")
+    device: str = setting("auto", "auto | cpu | cuda")
+    intra_op_threads: int = setting(1, "ONNX Runtime intra-op threads (CPU)")
+    metrics_port: int = setting(0, "Prometheus /metrics + /healthz port, 0=off")
+    metrics_host: str = setting("0.0.0.0", "address the metrics server binds")
+    commit_interval_ms: int = setting(1000, "how often to flush predictions and commit offsets")
+    max_poll_records: int = setting(500, "records taken per consumer poll")
+    reject_ratio: float = setting(1.5, "reject a model whose ADE > ratio * baseline ADE + margin")
+    reject_margin_m: float = setting(0.5, "margin of that test, metres")
+    min_truth_samples: int = setting(16, "ground-truth windows needed before comparing accuracy")
+    truth_capacity: int = setting(512, "recent ground-truth windows kept")
+    cv_yaw_eps: float = setting(1e-3, "|yaw rate| below this uses constant velocity, rad/s")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
         checks = [

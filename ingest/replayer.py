@@ -13,13 +13,14 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
 import pyarrow as pa
 
 from ingest.schedule import LagStats, Pacer, make_plan, parse_speed
 from schemas import topics
+from schemas.config import setting
 from schemas.errors import ConfigError
 from schemas.headers import Headers, now_ns
 from schemas.kafka import KafkaSettings, KeyPartitioner, Producer
@@ -50,18 +51,14 @@ class ProducerLike(Protocol):
 class ReplayConfig:
     """How to replay: pace, looping, batching and reporting."""
 
-    topic: str = field(default=topics.SENSORS, metadata={"help": "topic to produce to"})
-    speed: str = field(
-        default="1", metadata={"help": "replay speed factor (1 = real time) or 'max'"}
-    )
-    rate: float | None = field(
-        default=None, metadata={"help": "fixed total frames/s (overrides --speed)"}
-    )
-    loop: bool = field(default=False, metadata={"help": "start over at the end (seq/t shifted)"})
-    batch: int = field(default=1, metadata={"help": "frames of one vehicle per record"})
-    max_frames: int | None = field(default=None, metadata={"help": "stop after this many frames"})
-    progress: bool = field(default=True, metadata={"help": "live progress line on stderr"})
-    spin_us: int = field(default=300, metadata={"help": "busy-wait this long before each due"})
+    topic: str = setting(topics.SENSORS, "topic to produce to")
+    speed: str = setting("1", "replay speed factor (1 = real time) or 'max'")
+    rate: float | None = setting(None, "fixed total frames/s (overrides --speed)")
+    loop: bool = setting(False, "start over at the end (seq/t shifted)")
+    batch: int = setting(1, "frames of one vehicle per record")
+    max_frames: int | None = setting(None, "stop after this many frames")
+    progress: bool = setting(True, "live progress line on stderr")
+    spin_us: int = setting(300, "busy-wait this long before each due")
 
     def __post_init__(self) -> None:
         parse_speed(self.speed)

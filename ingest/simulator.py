@@ -8,13 +8,14 @@ Everything is vectorised over vehicles; one seed gives the same fleet bit for bi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from ingest.behaviour import MANOEUVRES, Limits, profiles
 from ingest.sensors import SensorNoise, measure
+from schemas.config import setting
 from schemas.errors import ConfigError
 
 #: Noise-free state at each sensor tick, keyed like the log by (vehicle_id, t_event_ns).
@@ -41,21 +42,19 @@ MAX_STEER_RAD = 0.6
 class SimConfig:
     """What fleet to simulate and how its sensors behave."""
 
-    vehicles: int = field(default=16, metadata={"help": "number of vehicles"})
-    duration_s: float = field(default=180.0, metadata={"help": "simulated seconds per vehicle"})
-    seed: int = field(default=0, metadata={"help": "random seed (same seed, same log)"})
-    rate_hz: float = field(default=10.0, metadata={"help": "sensor frame rate"})
-    step_hz: float = field(default=100.0, metadata={"help": "integration rate of the model"})
-    start_ns: int = field(
-        default=1_767_225_600_000_000_000, metadata={"help": "sensor clock at t=0 (ns)"}
-    )
-    origin_lat: float = field(default=48.1372, metadata={"help": "lat of the local origin"})
-    origin_lon: float = field(default=11.5755, metadata={"help": "lon of the local origin"})
-    id_prefix: str = field(default="sim-", metadata={"help": "vehicle id prefix"})
-    gnss_noise_m: float = field(default=0.5, metadata={"help": "GNSS horizontal RMS noise, m"})
-    gnss_bias_m: float = field(default=0.2, metadata={"help": "GNSS drifting bias RMS, m"})
-    dropouts_per_min: float = field(default=0.4, metadata={"help": "GNSS dropouts per minute"})
-    outlier_prob: float = field(default=0.002, metadata={"help": "probability a fix is wild"})
+    vehicles: int = setting(16, "number of vehicles")
+    duration_s: float = setting(180.0, "simulated seconds per vehicle")
+    seed: int = setting(0, "random seed (same seed, same log)")
+    rate_hz: float = setting(10.0, "sensor frame rate")
+    step_hz: float = setting(100.0, "integration rate of the model")
+    start_ns: int = setting(1_767_225_600_000_000_000, "sensor clock at t=0 (ns)")
+    origin_lat: float = setting(48.1372, "lat of the local origin")
+    origin_lon: float = setting(11.5755, "lon of the local origin")
+    id_prefix: str = setting("sim-", "vehicle id prefix")
+    gnss_noise_m: float = setting(0.5, "GNSS horizontal RMS noise, m")
+    gnss_bias_m: float = setting(0.2, "GNSS drifting bias RMS, m")
+    dropouts_per_min: float = setting(0.4, "GNSS dropouts per minute")
+    outlier_prob: float = setting(0.002, "probability a fix is wild")
 
     def __post_init__(self) -> None:
         if self.vehicles < 1:

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from pipeline.report import (
     percentiles_ms,
     version_summary,
 )
+from schemas.config import setting
 from schemas.errors import CodecError, ConfigError, ValidationError
 from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Message
@@ -36,23 +37,18 @@ log = logging.getLogger(__name__)
 class ReportConfig:
     """What to measure and where to write it."""
 
-    bootstrap: str = field(default="127.0.0.1:9092", metadata={"help": "Kafka host:port list"})
-    topic_prefix: str = field(default="", metadata={"help": "prefix of every topic name"})
-    from_beginning: bool = field(
-        default=False,
-        metadata={"help": "read the topics from the start (latency then includes the wait)"},
+    bootstrap: str = setting("127.0.0.1:9092", "Kafka host:port list")
+    topic_prefix: str = setting("", "prefix of every topic name")
+    from_beginning: bool = setting(
+        False, "read the topics from the start (latency then includes the wait)"
     )
-    duration_s: float = field(default=0.0, metadata={"help": "stop after this long (0 = no limit)"})
-    idle_timeout_s: float = field(
-        default=15.0, metadata={"help": "stop after this long without a prediction"}
-    )
-    expect: int = field(default=0, metadata={"help": "stop after this many predictions (0 = any)"})
-    budget_ms: float = field(default=50.0, metadata={"help": "latency budget per frame"})
-    truth: str = field(
-        default="", metadata={"help": "Parquet ground-truth tracks (vehicle_id,t_event_ns,x,y)"}
-    )
-    out_dir: str = field(default="drivestream-report", metadata={"help": "where to write"})
-    plots: bool = field(default=True, metadata={"help": "write PNG plots"})
+    duration_s: float = setting(0.0, "stop after this long (0 = no limit)")
+    idle_timeout_s: float = setting(15.0, "stop after this long without a prediction")
+    expect: int = setting(0, "stop after this many predictions (0 = any)")
+    budget_ms: float = setting(50.0, "latency budget per frame")
+    truth: str = setting("", "Parquet ground-truth tracks (vehicle_id,t_event_ns,x,y)")
+    out_dir: str = setting("drivestream-report", "where to write")
+    plots: bool = setting(True, "write PNG plots")
 
     def __post_init__(self) -> None:
         if self.budget_ms <= 0:

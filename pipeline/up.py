@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from pipeline.broker import BrokerConfig, LocalBroker, free_port, port_is_free
 from pipeline.report_client import ReportClient, ReportConfig
 from pipeline.report_output import format_table
 from pipeline.supervisor import Supervisor, wait_until
-from schemas.config import add_config_arguments, config_from_args
+from schemas.config import add_config_arguments, config_from_args, setting
 from schemas.errors import ConfigError, DrivestreamError
 from schemas.kafka import KafkaSettings, ensure_topics
 from schemas.topics import TopicNames, default_topics
@@ -37,33 +37,27 @@ READY_TIMEOUT_S = 120.0
 BACKGROUND_NICE = 10
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass(frozen=True, kw_only=True)
 class UpConfig:
     """What ``up`` runs and for how long."""
 
-    bootstrap: str = field(default="", metadata=_help("Kafka host:port ('' = local broker)"))
-    topic_prefix: str = field(default="", metadata=_help("topic prefix ('' = fresh per run)"))
-    duration_s: float = field(default=180.0, metadata=_help("how long to stream"))
-    vehicles: int = field(default=16, metadata=_help("simulated fleet size"))
-    seed: int = field(default=7, metadata=_help("simulation seed"))
-    log: str = field(default="", metadata=_help("replay this Parquet sensor log, not a simulation"))
-    truth: str = field(default="", metadata=_help("ground truth Parquet for --log"))
-    speed: str = field(default="1", metadata=_help("replay speed factor or 'max'"))
-    nproc: int = field(default=2, metadata=_help("trainer ranks"))
-    partitions: int = field(default=4, metadata=_help("partitions of sensors/predictions"))
-    budget_ms: float = field(default=50.0, metadata=_help("latency budget per frame"))
-    device: str = field(default="auto", metadata=_help("auto | cpu | cuda"))
-    export_every_s: float = field(default=10.0, metadata=_help("model export period"))
-    run_dir: str = field(default="runs", metadata=_help("where runs keep logs and reports"))
-    keep_broker: bool = field(default=False, metadata=_help("leave a broker we started running"))
-    broker_port: int = field(
-        default=9092, metadata=_help("local broker port (taken 9092 -> a free one; 0 = free)")
-    )
-    drain_s: float = field(default=30.0, metadata=_help("wait this long for the last answers"))
+    bootstrap: str = setting("", "Kafka host:port ('' = local broker)")
+    topic_prefix: str = setting("", "topic prefix ('' = fresh per run)")
+    duration_s: float = setting(180.0, "how long to stream")
+    vehicles: int = setting(16, "simulated fleet size")
+    seed: int = setting(7, "simulation seed")
+    log: str = setting("", "replay this Parquet sensor log, not a simulation")
+    truth: str = setting("", "ground truth Parquet for --log")
+    speed: str = setting("1", "replay speed factor or 'max'")
+    nproc: int = setting(2, "trainer ranks")
+    partitions: int = setting(4, "partitions of sensors/predictions")
+    budget_ms: float = setting(50.0, "latency budget per frame")
+    device: str = setting("auto", "auto | cpu | cuda")
+    export_every_s: float = setting(10.0, "model export period")
+    run_dir: str = setting("runs", "where runs keep logs and reports")
+    keep_broker: bool = setting(False, "leave a broker we started running")
+    broker_port: int = setting(9092, "local broker port (taken 9092 -> a free one; 0 = free)")
+    drain_s: float = setting(30.0, "wait this long for the last answers")
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from schemas.config import setting
 from schemas.errors import ConfigError
 from schemas.kafka import KafkaSettings
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,34 +41,26 @@ class WindowConfig:
 class TrainConfig:
     """One DDP trainer group: ``drivestream train --nproc N``."""
 
-    bootstrap: str = field(default="127.0.0.1:9092", metadata=_help("Kafka host:port list"))
-    topic_prefix: str = field(default="", metadata=_help("prefix of every topic name"))
-    group_id: str = field(
-        default="drivestream-trainer", metadata=_help("trainer group: commit id and PS tag")
-    )
-    nproc: int = field(default=1, metadata=_help("ranks (torchrun --nproc-per-node)"))
-    max_restarts: int = field(default=3, metadata=_help("torchrun elastic restarts"))
-    device: str = field(default="auto", metadata=_help("auto | cpu | cuda"))
-    checkpoint_dir: str = field(
-        default="./checkpoints", metadata=_help("where the trainer checkpoint lives")
-    )
-    duration_s: float = field(default=0.0, metadata=_help("stop after this long (0 = forever)"))
-    steps_per_s: float = field(default=20.0, metadata=_help("lockstep training cadence cap"))
-    batch_size: int = field(default=64, metadata=_help("samples per rank per step"))
-    fresh_fraction: float = field(
-        default=0.5, metadata=_help("share of a batch taken from the newest samples")
-    )
-    replay_capacity: int = field(default=20000, metadata=_help("replay buffer bound per rank"))
-    lr: float = field(default=2e-3, metadata=_help("Adam learning rate"))
-    sync_every_steps: int = field(
-        default=20, metadata=_help("push delta / pull weights every N steps")
-    )
-    status_every_s: float = field(default=10.0, metadata=_help("status line period"))
-    seed: int = field(default=0, metadata=_help("model init seed (must match the server's)"))
-    hidden: int = field(default=128, metadata=_help("MLP hidden width (must match the server)"))
-    max_label_gap_s: float = field(default=0.5, metadata=_help("label interpolation gap (s)"))
-    allowed_lateness_s: float = field(default=0.0, metadata=_help("wait for late frames (s)"))
-    holdout_fraction: float = field(default=0.2, metadata=_help("vehicles held out for eval"))
+    bootstrap: str = setting("127.0.0.1:9092", "Kafka host:port list")
+    topic_prefix: str = setting("", "prefix of every topic name")
+    group_id: str = setting("drivestream-trainer", "trainer group: commit id and PS tag")
+    nproc: int = setting(1, "ranks (torchrun --nproc-per-node)")
+    max_restarts: int = setting(3, "torchrun elastic restarts")
+    device: str = setting("auto", "auto | cpu | cuda")
+    checkpoint_dir: str = setting("./checkpoints", "where the trainer checkpoint lives")
+    duration_s: float = setting(0.0, "stop after this long (0 = forever)")
+    steps_per_s: float = setting(20.0, "lockstep training cadence cap")
+    batch_size: int = setting(64, "samples per rank per step")
+    fresh_fraction: float = setting(0.5, "share of a batch taken from the newest samples")
+    replay_capacity: int = setting(20000, "replay buffer bound per rank")
+    lr: float = setting(2e-3, "Adam learning rate")
+    sync_every_steps: int = setting(20, "push delta / pull weights every N steps")
+    status_every_s: float = setting(10.0, "status line period")
+    seed: int = setting(0, "model init seed (must match the server's)")
+    hidden: int = setting(128, "MLP hidden width (must match the server)")
+    max_label_gap_s: float = setting(0.5, "label interpolation gap (s)")
+    allowed_lateness_s: float = setting(0.0, "wait for late frames (s)")
+    holdout_fraction: float = setting(0.2, "vehicles held out for eval")
 
     def __post_init__(self) -> None:
         KafkaSettings(bootstrap=self.bootstrap)  # raises ConfigError on a malformed list
@@ -101,25 +90,21 @@ class TrainConfig:
 class PSConfig:
     """The parameter server: ``drivestream ps``."""
 
-    bootstrap: str = field(default="127.0.0.1:9092", metadata=_help("Kafka host:port list"))
-    topic_prefix: str = field(default="", metadata=_help("prefix of every topic name"))
-    model_name: str = field(default="drivestream-mlp", metadata=_help("name on `models`"))
-    checkpoint_dir: str = field(default="./checkpoints", metadata=_help("server checkpoints"))
-    registry_dir: str = field(
-        default="./registry", metadata=_help("one .onnx + .json per exported version")
-    )
-    duration_s: float = field(default=0.0, metadata=_help("stop after this long (0 = forever)"))
-    max_staleness: int = field(default=8, metadata=_help("reject deltas staler than this"))
-    server_lr: float = field(default=1.0, metadata=_help("scale of every accepted delta"))
-    publish_every_s: float = field(default=0.2, metadata=_help("weights -> ps-weights period"))
-    checkpoint_every_s: float = field(default=5.0, metadata=_help("checkpoint period"))
-    export_every_s: float = field(default=5.0, metadata=_help("ONNX export period"))
-    export_every_versions: int = field(
-        default=0, metadata=_help("also export after this many new versions (0 = off)")
-    )
-    status_every_s: float = field(default=10.0, metadata=_help("status line period"))
-    seed: int = field(default=0, metadata=_help("model init seed (must match the trainers')"))
-    hidden: int = field(default=128, metadata=_help("MLP hidden width"))
+    bootstrap: str = setting("127.0.0.1:9092", "Kafka host:port list")
+    topic_prefix: str = setting("", "prefix of every topic name")
+    model_name: str = setting("drivestream-mlp", "name on `models`")
+    checkpoint_dir: str = setting("./checkpoints", "server checkpoints")
+    registry_dir: str = setting("./registry", "one .onnx + .json per exported version")
+    duration_s: float = setting(0.0, "stop after this long (0 = forever)")
+    max_staleness: int = setting(8, "reject deltas staler than this")
+    server_lr: float = setting(1.0, "scale of every accepted delta")
+    publish_every_s: float = setting(0.2, "weights -> ps-weights period")
+    checkpoint_every_s: float = setting(5.0, "checkpoint period")
+    export_every_s: float = setting(5.0, "ONNX export period")
+    export_every_versions: int = setting(0, "also export after this many new versions (0 = off)")
+    status_every_s: float = setting(10.0, "status line period")
+    seed: int = setting(0, "model init seed (must match the trainers')")
+    hidden: int = setting(128, "MLP hidden width")
 
     def __post_init__(self) -> None:
         KafkaSettings(bootstrap=self.bootstrap)
