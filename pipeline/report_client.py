@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.report import (
@@ -201,7 +200,3 @@ class ReportClient:
 
             write_report(report, received, Path(self.config.out_dir), self.config.plots)
         return report
-
-
-def e2e_ms(received: list[Received]) -> np.ndarray:
-    return np.array([(r.t_received_ns - r.prediction.t_produce_ns) / 1e6 for r in received])

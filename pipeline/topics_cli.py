@@ -3,39 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import os
+from dataclasses import dataclass
 
+from schemas.config import add_config_arguments, config_from_args, setting
+from schemas.errors import ConfigError
 from schemas.kafka import KafkaSettings, ensure_topics
 from schemas.topics import default_topics
 
 
-def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
-    """--bootstrap and --topic-prefix, shared by every verb that talks to Kafka."""
-    parser.add_argument(
-        "--bootstrap",
-        default=os.environ.get("DRIVESTREAM_BOOTSTRAP", "127.0.0.1:9092"),
-        help="Kafka bootstrap servers [env DRIVESTREAM_BOOTSTRAP; default %(default)s]",
-    )
-    parser.add_argument(
-        "--topic-prefix",
-        default=os.environ.get("DRIVESTREAM_TOPIC_PREFIX", ""),
-        help="prefix of every topic name [env DRIVESTREAM_TOPIC_PREFIX; default '']",
-    )
+@dataclass(frozen=True, kw_only=True)
+class TopicsConfig:
+    """Where to create the topics and how wide."""
+
+    bootstrap: str = setting("127.0.0.1:9092", "Kafka host:port list")
+    topic_prefix: str = setting("", "prefix of every topic name")
+    partitions: int = setting(4, "partitions of sensors/predictions")
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ConfigError(f"partitions must be >= 1, got {self.partitions}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_bootstrap_arguments(parser)
-    parser.add_argument(
-        "--partitions",
-        type=int,
-        default=int(os.environ.get("DRIVESTREAM_PARTITIONS", "4")),
-        help="partitions of sensors/predictions [env DRIVESTREAM_PARTITIONS; default %(default)s]",
-    )
+    add_config_arguments(parser, TopicsConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = KafkaSettings.from_env(bootstrap=args.bootstrap)
-    specs = default_topics(partitions=args.partitions, prefix=args.topic_prefix)
+    config = config_from_args(TopicsConfig, args)
+    settings = KafkaSettings.from_env(bootstrap=config.bootstrap)
+    specs = default_topics(partitions=config.partitions, prefix=config.topic_prefix)
     created = ensure_topics(settings, specs)
     for spec in specs:
         state = "created" if spec.name in created else "exists"

@@ -25,7 +25,7 @@ from pipeline.report_client import ReportClient, ReportConfig
 from pipeline.report_output import format_table
 from pipeline.supervisor import Supervisor, wait_until
 from schemas.config import add_config_arguments, config_from_args, setting
-from schemas.errors import ConfigError, DrivestreamError
+from schemas.errors import ConfigError
 from schemas.kafka import KafkaSettings, ensure_topics
 from schemas.topics import TopicNames, default_topics
 
@@ -231,8 +231,6 @@ class Up:
             self._watch(client)
         except KeyboardInterrupt:
             _say("\ninterrupted: stopping every service")
-        except DrivestreamError:
-            raise
         finally:
             self.supervisor.stop_all()
             if client is not None:

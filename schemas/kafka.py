@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
+from kafka.structs import OffsetAndMetadata
 
 from schemas.errors import ConfigError
 from schemas.headers import Headers
@@ -299,8 +300,6 @@ class Consumer:
         if offsets is None:
             self.client.commit()
             return
-        from kafka.structs import OffsetAndMetadata
-
         self.client.commit(
             {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         )
