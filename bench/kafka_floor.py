@@ -58,7 +58,7 @@ def measure_floor(bootstrap: str, count: int = 10_000, rate: float = 1000.0) -> 
     time.sleep(0.5)
     padding = b"\0" * (PAYLOAD_BYTES - _STAMP.size)
     with Producer(settings) as producer:
-        producer.send(topic, b"warm" + padding).get(timeout=30)  # connect before timing
+        producer.send_and_wait(topic, b"warm" + padding)  # connect before timing
         start = time.perf_counter()
         for i in range(count):
             due = start + i / rate

@@ -21,7 +21,7 @@ from inference.errors import DeliveryError
 from inference.metrics import STAGES, ServeMetrics
 from schemas import deadletter, prediction
 from schemas.headers import now_ns
-from schemas.kafka import Consumer, KafkaSettings, KeyPartitioner, Message, Producer
+from schemas.kafka import Consumer, KafkaSettings, Message, Producer
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +64,9 @@ class Output:
         self.halted = False
         """Set after a failed delivery or an unclean close: nothing is committed any more."""
         self._encoder = prediction.PredictionEncoder()
-        self._partitions = KeyPartitioner()
-        self._sent = False
 
     def open(self, settings: KafkaSettings) -> None:
         self.producer = Producer(settings)
-        self._sent = False
-
-    def refresh_partitions(self) -> None:
-        """Learn the predictions topic's partitions, once the producer has its metadata (after
-        a send: never blocks the loop on a lookup), so sends skip kafka's per-key murmur2."""
-        if self.producer is None or not self._sent:
-            return
-        try:
-            parts = self.producer.partitions_for(self.config.predictions_topic)
-        except Exception as exc:  # keep kafka's own partitioning until the next try
-            log.debug("partitions of %s unknown: %s", self.config.predictions_topic, exc)
-            return
-        self._partitions.set_partitions(parts)
 
     def close(self) -> None:
         """Close the producer (it flushes); the consumer must be closed first (its revoke
@@ -114,7 +99,7 @@ class Output:
         if n == 0:
             return
         topic = self.config.predictions_topic
-        enc, parts = self._encoder, self._partitions
+        enc = self._encoder
         horizons, source = answer.horizons, answer.source
         points = enc.points(len(horizons))
         names = answer.names
@@ -137,9 +122,8 @@ class Output:
                 xs[i],
                 ys[i],
             )
-            producer.send(topic, value, key=vid, headers=_PRED_HEADERS, partition=parts.get(vid))
+            producer.send(topic, value, key=vid, headers=_PRED_HEADERS)
             published[i] = t_pub
-        self._sent = True
         self._account(items, published, answer)
 
     def _account(self, items: Sequence[Pending], published: list[int], answer: Answer) -> None:
@@ -227,7 +211,6 @@ class Output:
         if not offsets or self.halted:
             return
         self.flush_delivered()
-        self.refresh_partitions()
         try:
             consumer.commit(offsets)
             self.committed.update(offsets)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
@@ -23,7 +22,7 @@ from schemas import topics
 from schemas.config import setting
 from schemas.errors import ConfigError
 from schemas.headers import Headers, now_ns
-from schemas.kafka import KafkaSettings, KeyPartitioner, Producer
+from schemas.kafka import KafkaSettings, Producer
 from schemas.sensor import SensorFrame, encode_frames, frame_headers, table_to_frames
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,9 @@ class ProducerLike(Protocol):
     ) -> Any: ...
 
     def flush(self, timeout_s: float | None = None) -> None: ...
+
+    failures: int
+    """Records the broker did not accept (counted as deliveries report back)."""
 
     def partitions_for(self, topic: str) -> set[int]: ...
 
@@ -131,7 +133,7 @@ class Replayer:
         self._stream = progress_stream or sys.stderr
         self._pacer = Pacer(self.config.spin_us * 1000)
         self._errors = 0
-        self._lock = threading.Lock()
+        """Sends that raised; delivery failures are the producer's ``failures``."""
 
     def stop(self) -> None:
         self._pacer.stop.set()
@@ -139,10 +141,6 @@ class Replayer:
     @property
     def stopping(self) -> bool:
         return self._pacer.stop.is_set()
-
-    def _on_error(self, exc: BaseException) -> None:
-        with self._lock:
-            self._errors += 1
 
     def _offsets(self) -> tuple[list[int], int]:
         """Due offsets (ns) of each record in a lap, and the length of a lap (ns)."""
@@ -171,27 +169,22 @@ class Replayer:
         if producer is None:
             owned = producer = Producer(self._settings or KafkaSettings.from_env())
         try:
-            partitions = sorted(producer.partitions_for(self.config.topic))
-            if not partitions:
+            if not producer.partitions_for(self.config.topic):
                 raise ConfigError(
                     f"topic {self.config.topic!r} has no partitions on the broker; "
                     "create it with `drivestream topics`"
                 )
-            return self._loop(producer, partitions)
+            return self._loop(producer)
         finally:
             if owned is not None:
                 owned.close()
 
-    def _loop(self, producer: ProducerLike, partitions: list[int]) -> ReplaySummary:
+    def _loop(self, producer: ProducerLike) -> ReplaySummary:
         cfg, plan = self.config, self._plan
         offsets, lap_ns = self._offsets()
         paced = cfg.paced
         limit = cfg.max_frames or (plan.frames if not cfg.loop else None)
         keys = {v: v.encode() for v in {f.vehicle_id for f in self._frames}}
-        # The key's partition, computed once per vehicle instead of once per send.
-        partitioner = KeyPartitioner()
-        partitioner.set_partitions(partitions)
-        partition_of = {v: partitioner.get(v) for v in keys}
         lags = LagStats()
         progress = _Progress(self._stream, lags) if cfg.progress else None
         frames_sent = records = laps = 0
@@ -215,18 +208,12 @@ class Replayer:
                         break
                     sent_at = time.perf_counter_ns()
                     try:
-                        future = producer.send(
-                            cfg.topic,
-                            value,
-                            key=keys[vid],
-                            headers=frame_headers(now_ns()),
-                            partition=partition_of[vid],
+                        producer.send(
+                            cfg.topic, value, key=keys[vid], headers=frame_headers(now_ns())
                         )
-                        if future is not None:
-                            future.add_errback(self._on_error)
                     except Exception as exc:  # open loop: count and keep the schedule
                         log.warning("send failed: %s", exc)
-                        self._on_error(exc)
+                        self._errors += 1
                     if paced:
                         lags.add(sent_at - due)
                     first = first or sent_at
@@ -234,7 +221,7 @@ class Replayer:
                     frames_sent += len(frames)
                     records += 1
                     if progress is not None:
-                        progress.maybe_show(sent_at, frames_sent, self._errors)
+                        progress.maybe_show(sent_at, frames_sent, self._errors + producer.failures)
                     if limit is not None and frames_sent >= limit:
                         break
                 lap += 1
@@ -248,7 +235,7 @@ class Replayer:
             producer.flush(30.0)
         except Exception as exc:
             log.error("flush failed: %s", exc)
-            self._on_error(exc)
+            self._errors += 1
         if progress is not None:
             progress.close()
         duration = (last - first) / 1e9
@@ -260,7 +247,7 @@ class Replayer:
             lag_p50_ms=lags.percentile_ms(50),
             lag_p99_ms=lags.percentile_ms(99),
             lag_max_ms=lags.max_ns / 1e6 if lags.count else None,
-            errors=self._errors,
+            errors=self._errors + producer.failures,
             laps=laps,
             interrupted=interrupted,
         )

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+import confluent_kafka
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
-from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from schemas.errors import ConfigError
@@ -28,16 +28,18 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP_ENV = "DRIVESTREAM_BOOTSTRAP"
 
-#: Producer defaults: send at once (no linger), no compression for ~100-byte records,
-#: idempotent acks=all so nothing accepted is lost or duplicated by retries.
+#: Producer defaults (librdkafka names): send at once (no linger), no compression for
+#: ~100-byte records, idempotent acks=all so nothing accepted is lost or duplicated by retries,
+#: and Java's murmur2 key placement so every client puts a vehicle on the same partition.
 PRODUCER_DEFAULTS: dict[str, Any] = {
-    "linger_ms": 0,
+    "linger.ms": 0,
     "acks": "all",
-    "enable_idempotence": True,
-    "compression_type": None,
-    "max_in_flight_requests_per_connection": 5,
-    "request_timeout_ms": 30_000,
-    "max_request_size": 64 * 1024 * 1024,
+    "enable.idempotence": True,
+    "compression.type": "none",
+    "partitioner": "murmur2_random",
+    "request.timeout.ms": 30_000,
+    "message.timeout.ms": 120_000,
+    "message.max.bytes": 64 * 1024 * 1024,
 }
 
 #: Consumer defaults: the broker answers a fetch as soon as one byte is there
@@ -68,7 +70,8 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    """Any other kafka-python setting, applied to every client."""
+    """Any other client setting by its librdkafka name (``"socket.keepalive.enable"``),
+    applied to every client; kafka-python clients get it with dots as underscores."""
 
     def __post_init__(self) -> None:
         if not self.bootstrap or any(":" not in h for h in self.bootstrap.split(",")):
@@ -104,6 +107,25 @@ class KafkaSettings:
             "ssl_keyfile": self.ssl_keyfile,
         }
         cfg.update({k: v for k, v in optional.items() if v is not None})
+        cfg.update({k.replace(".", "_"): v for k, v in self.extra.items()})
+        return cfg
+
+    def rdkafka_config(self) -> dict[str, Any]:
+        """The same settings for librdkafka (confluent-kafka) clients."""
+        cfg: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_cafile,
+            "ssl.certificate.location": self.ssl_certfile,
+            "ssl.key.location": self.ssl_keyfile,
+        }
+        cfg.update({k: v for k, v in optional.items() if v is not None})
         cfg.update(self.extra)
         return cfg
 
@@ -121,24 +143,39 @@ class Message:
     headers: Headers
 
 
-class Producer:
-    """Lazy, flush-on-close producer of raw bytes; ``send`` never flushes.
+class ProduceError(Exception):
+    """A record was not delivered, or not in time."""
 
+
+class Producer:
+    """Lazy, flush-on-close producer of raw bytes on librdkafka; ``send`` never flushes.
+
+    librdkafka's C client costs ~6 µs per record where kafka-python's costs ~37 µs
+    (BENCHMARKS.md), which is most of a serving instance's budget per frame at 5,000/s.
     Delivery failures are counted in ``failures`` (and logged): a caller that commits input
     offsets after a flush compares the count before and after, so a lost record is never
-    committed past.
+    committed past. Overrides are librdkafka settings with dots as underscores
+    (``linger_ms=5``).
     """
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
-        self._config = {**PRODUCER_DEFAULTS, **settings.client_config(), **overrides}
-        self._producer: KafkaProducer | None = None
+        self._config = {
+            **PRODUCER_DEFAULTS,
+            **settings.rdkafka_config(),
+            **{k.replace("_", "."): v for k, v in overrides.items()},
+            "logger": logging.getLogger("librdkafka"),
+        }
+        self._producer: confluent_kafka.Producer | None = None
         self.failures = 0
-        self.last_error: BaseException | None = None
+        self.last_error: ProduceError | None = None
 
     @property
-    def client(self) -> KafkaProducer:
+    def client(self) -> confluent_kafka.Producer:
         if self._producer is None:
-            self._producer = KafkaProducer(**self._config)
+            try:
+                self._producer = confluent_kafka.Producer(self._config)
+            except confluent_kafka.KafkaException as exc:
+                raise ConfigError(f"bad producer settings: {exc}") from exc
         return self._producer
 
     def send(
@@ -148,35 +185,85 @@ class Producer:
         key: bytes | str | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
-    ) -> Any:
-        """Queue one record; returns kafka-python's future (errors surface on flush/get)."""
-        if isinstance(key, str):
-            key = key.encode()
-        future = self.client.send(
-            topic, value=value, key=key, headers=headers or [], partition=partition
+    ) -> None:
+        """Queue one record (waiting while librdkafka's queue is full); errors are counted."""
+        client = self.client
+        while True:
+            try:
+                client.produce(
+                    topic,
+                    value,
+                    key,
+                    -1 if partition is None else partition,
+                    self._on_delivery,
+                    headers=headers,  # type: ignore[arg-type]  # list invariance: bytes values are fine
+                )
+                break
+            except BufferError:  # local queue full: serve deliveries, then retry
+                client.poll(0.05)
+        client.poll(0)
+
+    def send_and_wait(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timeout_s: float = 30.0,
+    ) -> int:
+        """Send one record and wait for the broker's acknowledgement; returns its offset.
+
+        Raises :class:`ProduceError` when it fails or is not acknowledged in time.
+        """
+        result: list[Any] = []
+
+        def done(err: Any, msg: Any) -> None:
+            self._on_delivery(err, msg)
+            result.append(err or msg.offset())
+
+        self.client.produce(
+            topic,
+            value,
+            key,
+            -1 if partition is None else partition,
+            done,
+            headers=headers,  # type: ignore[arg-type]
         )
-        future.add_errback(self._on_error, topic)
-        return future
+        self.client.flush(timeout_s)
+        if not result:
+            raise ProduceError(f"no acknowledgement from {topic!r} within {timeout_s}s")
+        if not isinstance(result[0], int):
+            raise ProduceError(f"send to {topic!r} failed: {result[0]}")
+        return result[0]
 
-    def _on_error(self, topic: str, exc: BaseException) -> None:
-        # kafka-python calls errbacks with the registered args first, the exception last.
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            return
         self.failures += 1
-        self.last_error = exc
-        log.error("send to %s failed: %s", topic, exc)
+        self.last_error = ProduceError(f"{err.name()}: {err.str()}")
+        log.error("send to %s failed: %s", msg.topic(), self.last_error)
 
-    def partitions_for(self, topic: str) -> set[int]:
-        return self.client.partitions_for(topic) or set()
+    def partitions_for(self, topic: str, timeout_s: float = 10.0) -> set[int]:
+        """The topic's partitions, or an empty set when the cluster does not have it."""
+        meta = self.client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return set()
+        return set(meta.partitions)
 
     def flush(self, timeout_s: float | None = None) -> None:
-        if self._producer is not None:
-            self._producer.flush(timeout=timeout_s)
+        """Wait until every queued record is delivered or failed; ProduceError on timeout."""
+        if self._producer is None:
+            return
+        left = self._producer.flush(-1 if timeout_s is None else timeout_s)
+        if left:
+            raise ProduceError(f"{left} records still undelivered after {timeout_s}s")
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._producer is not None:
             try:
-                self._producer.flush(timeout=timeout_s)
+                self.flush(timeout_s)
             finally:
-                self._producer.close(timeout=timeout_s)
                 self._producer = None
 
     def __enter__(self) -> Producer:
@@ -184,35 +271,6 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class KeyPartitioner:
-    """The partition kafka-python's default partitioner picks for a key, cached per key.
-
-    Hot producers (replayer, inference) pass it as ``partition=`` so a send skips the
-    pure-Python murmur2; placement is exactly the client's (Java-compatible).
-    """
-
-    def __init__(self) -> None:
-        self._partitions: tuple[int, ...] = ()
-        self._by_key: dict[str, int] = {}
-
-    def set_partitions(self, partitions: set[int] | Sequence[int]) -> None:
-        """Adopt the topic's current partitions (the cache is kept while they are unchanged)."""
-        ordered = tuple(sorted(partitions))
-        if ordered != self._partitions:
-            self._partitions = ordered
-            self._by_key.clear()
-
-    def get(self, key: str) -> int | None:
-        """The partition for ``key``, or None while the topic's partitions are unknown."""
-        p = self._by_key.get(key)
-        if p is None and self._partitions:
-            if len(self._by_key) > 1_000_000:
-                self._by_key.clear()
-            idx = (murmur2(key.encode()) & 0x7FFFFFFF) % len(self._partitions)
-            p = self._by_key[key] = self._partitions[idx]
-        return p
 
 
 class Consumer:

@@ -6,10 +6,9 @@ import logging
 import time
 
 from kafka import TopicPartition
-from kafka.errors import KafkaError
 
 from schemas.errors import DrivestreamError, ValidationError
-from schemas.kafka import Consumer, KafkaSettings, Producer
+from schemas.kafka import Consumer, KafkaSettings, ProduceError, Producer
 from schemas.sensor import SensorFrame, check_frame_headers, decode_frames
 from trainer import wire
 
@@ -109,27 +108,21 @@ class KafkaPSLink:
 
     def push(self, delta: wire.Delta) -> None:
         """Send ``delta`` and wait for its acknowledgement; raise :class:`PushError` if not."""
-        failures = self._producer.failures
         try:
-            future = self._producer.send(
+            offset = self._producer.send_and_wait(
                 self.updates_topic,
                 wire.encode_delta(delta),
                 key=delta.group,
                 headers=wire.delta_headers(),
                 partition=0,
+                timeout_s=PUSH_TIMEOUT_S,
             )
-            meta = future.get(timeout=PUSH_TIMEOUT_S)
-        except KafkaError as exc:
+        except ProduceError as exc:
             raise PushError(
-                f"delta push to {self.updates_topic!r} not delivered ({exc!r}); "
+                f"delta push to {self.updates_topic!r} not delivered ({exc}); "
                 "restarting from the last checkpoint: check the broker"
             ) from exc
-        if self._producer.failures != failures:
-            raise PushError(
-                f"delta push to {self.updates_topic!r} failed ({self._producer.last_error!r}); "
-                "restarting from the last checkpoint: check the broker"
-            )
-        self.pending_offset = int(meta.offset)
+        self.pending_offset = offset
 
     def ready(self) -> bool:
         """True once the server has published weights that processed the previous push.

@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from kafka.partitioner.default import murmur2
 
 from schemas.kafka import Consumer, KafkaSettings, Message, Producer, ensure_topics
 from schemas.topics import TopicNames, default_topics
@@ -40,6 +41,11 @@ def test_keyed_records_keep_order_per_partition(kafka_settings, topics: TopicNam
     assert all(seqs == list(range(50)) for seqs in per_key.values())
     assert all(len(p) == 1 for p in partition_of.values()), "a key was split across partitions"
     assert len({next(iter(p)) for p in partition_of.values()}) > 1, "all keys on one partition"
+    # Java's (and kafka-python's) murmur2 placement, so every client co-partitions a vehicle
+    with Producer(kafka_settings) as producer:
+        n = len(producer.partitions_for(topics.sensors))
+    for key, parts in partition_of.items():
+        assert parts == {(murmur2(key) & 0x7FFFFFFF) % n}, key
 
 
 def test_headers_round_trip(kafka_settings, topic_factory):
@@ -79,14 +85,14 @@ def test_ensure_topics_is_idempotent_and_applies_configs(kafka_settings):
         big = b"x" * (
             5 * 1024 * 1024
         )  # over the broker's 1 MiB default: passes only by the topic's config
-        producer.send(names.models, big, key="m").get(timeout=30)
+        producer.send_and_wait(names.models, big, key="m")
 
 
 def test_failed_deliveries_are_counted(kafka_settings, topic_factory):
     topic = topic_factory()  # broker default: at most ~1 MiB per record
-    with Producer(kafka_settings, max_request_size=8 * 1024 * 1024) as producer:
+    with Producer(kafka_settings, message_max_bytes=8 * 1024 * 1024) as producer:
         producer.send(topic, b"small")
         producer.send(topic, b"x" * (3 * 1024 * 1024))
         producer.flush()
         assert producer.failures == 1
-        assert "MessageSizeTooLarge" in type(producer.last_error).__name__
+        assert "MSG_SIZE_TOO_LARGE" in str(producer.last_error)

@@ -1,12 +1,10 @@
-"""The batch publisher's encoder and partitioner agree with the decoder and kafka's own."""
+"""The batch encoder agrees with the decoder; stage histograms bucket like Prometheus."""
 
 from __future__ import annotations
 
 import numpy as np
-from kafka.partitioner.default import DefaultPartitioner
 
 from inference.metrics import LATENCY_BUCKETS, STAGES, ServeMetrics
-from schemas.kafka import KeyPartitioner
 from schemas.prediction import Prediction, PredictionEncoder, decode_prediction
 
 H = (0.5, 1.0, 2.0, 3.0)
@@ -27,27 +25,6 @@ def test_batch_encoder_round_trips_through_the_schemas_decoder() -> None:
             (1, 2, 3, 4, 5), enc.points(len(H)), H, p.pred_x, p.pred_y,
         )  # fmt: skip
         assert decode_prediction(got) == p
-
-
-class _Cluster:
-    def topics(self) -> set[str]:
-        return {"t"}
-
-    def partitions_for_topic(self, topic: str) -> set[int]:
-        return {0, 1, 2, 3, 4}
-
-    def available_partitions_for_topic(self, topic: str) -> set[int]:
-        return {0, 1, 2, 3, 4}
-
-
-def test_partition_cache_picks_what_kafkas_default_partitioner_picks() -> None:
-    cache = KeyPartitioner()
-    assert cache.get("v1") is None  # unknown partitions: kafka chooses
-    cache.set_partitions({4, 3, 2, 1, 0})
-    kafka = DefaultPartitioner()
-    for vid in [f"v{i}" for i in range(200)]:
-        expect = kafka.partition("t", vid.encode(), vid.encode(), b"", b"", _Cluster())
-        assert cache.get(vid) == expect
 
 
 def test_stage_histogram_buckets_like_prometheus_le() -> None:
