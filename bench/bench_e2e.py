@@ -50,7 +50,7 @@ def echo_worker(bootstrap: str, src: str, dst: str) -> None:
     """The floor's middle hop: consume and re-produce every record unchanged."""
     settings = KafkaSettings(bootstrap=bootstrap)
     with Consumer(settings, [src], f"echo-{src}") as c, Producer(settings) as p:
-        while not c.client.assignment():
+        while not c.assignment():
             c.poll(timeout_ms=50)
         print("ready", flush=True)
         while True:

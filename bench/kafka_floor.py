@@ -31,7 +31,7 @@ def _consume(bootstrap: str, topic: str, count: int, out: mp.Queue, ready: mp.Ev
     latencies = np.empty(count, dtype=np.int64)
     seen = 0
     with Consumer(settings, [topic], group_id=f"floor-{topic}", auto_offset_reset="latest") as c:
-        while not c.client.assignment():
+        while not c.assignment():
             c.poll(timeout_ms=50)
         ready.set()
         deadline = time.monotonic() + 600

@@ -21,8 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from kafka import TopicPartition
-
 from inference.answer import Answerer
 from inference.batching import MicroBatcher, Pending
 from inference.config import ServeConfig
@@ -299,8 +297,10 @@ class InferenceService:
         self._last_commit = time.monotonic()
         self.output.commit(self._consumer, self.batcher.first_offsets())
 
-    def _consumer_client(self) -> object:
-        return self._consumer.client if self._consumer is not None else None
+    def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit offsets the revoke drain released (on this thread, inside poll/close)."""
+        assert self._consumer is not None
+        self._consumer.commit(offsets)
 
     def _release(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Revoke, on the consumer's loop: answer the partitions' waiting frames by fallback,
@@ -326,10 +326,8 @@ class InferenceService:
     def _update_lag(self) -> None:
         assert self._consumer is not None
         self._last_lag = time.monotonic()
-        client = self._consumer.client
         self.metrics.vehicles.set(len(self.history))
         for topic, p in self.assigned:
-            tp = TopicPartition(topic, p)
-            high = client.highwater(tp)
-            if high is not None:
-                self.metrics.lag.labels(partition=str(p)).set(max(0, high - client.position(tp)))
+            lag = self._consumer.lag(topic, p)
+            if lag is not None:
+                self.metrics.lag.labels(partition=str(p)).set(lag)

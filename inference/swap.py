@@ -132,21 +132,18 @@ class ModelWatcher(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        consumer = Consumer(self.settings, group_id=None, fetch_max_wait_ms=200)
+        consumer = Consumer(self.settings, group_id=None, fetch_wait_max_ms=200)
         try:
             parts = self._partitions(consumer)
             consumer.assign(self.topic, sorted(parts))
-            from kafka import TopicPartition
-
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            end = consumer.client.end_offsets(tps)
+            end = consumer.end_offsets()
             backlog: list[Message] = []
             while not self._halt.is_set():
                 msgs = consumer.poll(timeout_ms=200, max_records=64)
                 self.swapper.release_retired()
                 if not self.caught_up.is_set():
                     backlog.extend(msgs)
-                    if all(consumer.client.position(tp) >= end[tp] for tp in tps):
+                    if consumer.reached(end):
                         self._start_with_newest(backlog)
                         backlog.clear()
                         self.caught_up.set()

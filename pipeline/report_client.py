@@ -74,9 +74,11 @@ class ReportClient:
 
     def _consumer(self, topic: str) -> Consumer:
         consumer = Consumer(self._settings, client_id="drivestream-report")
-        consumer.assign(topic, sorted(consumer.wait_partitions(topic, timeout_s=10)))
+        parts = sorted(consumer.wait_partitions(topic, timeout_s=10))
+        start = None
         if not self.config.from_beginning:
-            consumer.client.seek_to_end()
+            start = {p: o for (_, p), o in consumer.end_offsets((topic, p) for p in parts).items()}
+        consumer.assign(topic, parts, start)
         return consumer
 
     def open(self) -> None:
@@ -126,10 +128,9 @@ class ReportClient:
     def catch_up_frames(self, timeout_s: float = 10.0) -> None:
         """Read ``sensors`` up to its current end so every answered frame can be scored."""
         assert self._sensors is not None, "call open() first"
-        client = self._sensors.client
-        end = client.end_offsets(list(client.assignment()))
+        end = self._sensors.end_offsets()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(client.position(tp) < o for tp, o in end.items()):
+        while time.monotonic() < deadline and not self._sensors.reached(end):
             self._take_frames(self._sensors.poll(timeout_ms=100))
 
     def run(self, stop: threading.Event | None = None) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-from kafka import TopicPartition
-
 from schemas.errors import DrivestreamError, ValidationError
 from schemas.kafka import Consumer, KafkaSettings, ProduceError, Producer
 from schemas.sensor import SensorFrame, check_frame_headers, decode_frames
@@ -50,15 +48,12 @@ class KafkaFrameSource:
         self.partitions = owned_partitions(self._consumer.wait_partitions(topic), rank, world)
         self._pos: dict[int, int] = {}
         if self.partitions:
-            self._consumer.assign(topic, self.partitions)
-            client = self._consumer.client
+            committed = self._consumer.committed(topic, self.partitions)
             for p in self.partitions:
-                start = (offsets or {}).get(p)
-                if start is None:
-                    start = client.committed(TopicPartition(topic, p))
+                start = (offsets or {}).get(p, committed[p])
                 if start is not None:
-                    self._consumer.seek(topic, p, start)
                     self._pos[p] = start
+            self._consumer.assign(topic, self.partitions, self._pos)
 
     def poll(self, timeout_s: float) -> list[tuple[list[SensorFrame], int]]:
         if not self.partitions:
@@ -98,10 +93,8 @@ class KafkaPSLink:
         self._producer = Producer(settings)
         self._consumer = Consumer(settings, group_id=None)
         self._consumer.wait_partitions(weights_topic)
-        tp = TopicPartition(weights_topic, 0)
-        self._consumer.assign(weights_topic, [0])
-        end = self._consumer.client.end_offsets([tp])[tp]
-        self._consumer.seek(weights_topic, 0, max(0, end - 1))  # newest weights only
+        _, end = self._consumer.watermarks(weights_topic, 0)
+        self._consumer.assign(weights_topic, [0], {0: max(0, end - 1)})  # newest weights only
         self._latest: wire.Weights | None = None
         self.pending_offset: int | None = None
         """ps-updates offset of the last push, until published weights have processed it."""

@@ -19,8 +19,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from kafka import TopicPartition
-
 from schemas import topics
 from schemas.envelope import ModelEnvelope, encode_envelope, envelope_headers
 from schemas.errors import DrivestreamError, ValidationError
@@ -149,11 +147,9 @@ class ParameterServer:
         producer = Producer(self.settings)
         try:
             consumer.wait_partitions(updates)
-            consumer.assign(updates, [0])
-            tp = TopicPartition(updates, 0)
-            self._check_retention(consumer.client.beginning_offsets([tp])[tp])
-            consumer.seek(updates, 0, self.state.updates_offset)
-            replay_end = consumer.client.end_offsets([tp])[tp]
+            begin, replay_end = consumer.watermarks(updates, 0)
+            self._check_retention(begin)
+            consumer.assign(updates, [0], {0: self.state.updates_offset})
             while self.state.updates_offset < replay_end and not stop.is_set():
                 before = self.state.updates_offset
                 self._apply(consumer.poll(200, max_records=500))

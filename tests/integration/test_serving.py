@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from kafka import TopicPartition
 
 from inference.config import ServeConfig
 from inference.service import InferenceService
@@ -82,8 +81,7 @@ class Collector:
         self._stop = threading.Event()
         self._consumer = Consumer(settings, group_id=None)
         wait_for(lambda: bool(self._consumer.partitions_for(topic)), 30, f"{topic} metadata")
-        self._tps = [TopicPartition(topic, p) for p in sorted(self._consumer.partitions_for(topic))]
-        self._consumer.assign(topic, [tp.partition for tp in self._tps])
+        self._consumer.assign(topic, sorted(self._consumer.partitions_for(topic)))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -107,10 +105,9 @@ class Collector:
         """Call once the services stopped: read up to the topic's end offsets, return all."""
         self._stop.set()
         self._thread.join()
-        client = self._consumer.client
-        end = client.end_offsets(self._tps)
+        end = self._consumer.end_offsets()
         wait_for(
-            lambda: self._read() or all(client.position(tp) >= end[tp] for tp in self._tps),
+            lambda: self._read() or self._consumer.reached(end),
             what=f"predictions up to the end offsets {end}",
         )
         self.close()

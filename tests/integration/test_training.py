@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kafka import TopicPartition
 
 from ingest.simulator import SimConfig, simulate
 from schemas.envelope import decode_envelope
@@ -52,16 +51,14 @@ def start(args: list[str], log: Path, bootstrap: str) -> subprocess.Popen:
 
 def end_offset(settings: KafkaSettings, topic: str) -> int:
     with Consumer(settings) as c:
-        tp = TopicPartition(topic, 0)
-        return c.client.end_offsets([tp])[tp]
+        return c.watermarks(topic, 0)[1]
 
 
 def read_all(settings: KafkaSettings, topic: str, upto: int | None = None) -> list:
     upto = end_offset(settings, topic) if upto is None else upto
     out: list = []
     with Consumer(settings) as c:
-        c.assign(topic, [0])
-        c.seek(topic, 0, 0)
+        c.assign(topic, [0], {0: 0})
         deadline = time.monotonic() + 30
         while len(out) < upto and time.monotonic() < deadline:
             out.extend(m for m in c.poll(200) if m.offset < upto)

@@ -6,14 +6,11 @@ real-broker behaviour is in tests/integration/test_serving.py.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import numpy as np
 import pytest
-from kafka import TopicPartition
 
-from inference import rebalance
 from inference.batching import Pending
 from inference.config import ServeConfig
 from inference.errors import DeliveryError
@@ -65,7 +62,6 @@ class FakeConsumer:
         self.commits: list[dict] = []
         self.batches = list(batches)
         self.producer = producer
-        self.client = object()
 
     def poll(self, timeout_ms=100, max_records=None) -> list[Message]:
         item = self.batches.pop(0) if self.batches else []
@@ -230,41 +226,31 @@ def _waiting(svc: InferenceService, partition: int, offset: int, vid: str) -> No
     svc.output.next_offset[(TOPIC, partition)] = offset + 1
 
 
-def test_revoke_answers_flushes_and_commits_inside_the_listener(monkeypatch) -> None:
-    svc, producer, _ = make_service()
+def test_revoke_answers_flushes_and_commits_inside_the_listener() -> None:
+    svc, producer, consumer = make_service()
     serve(svc, InputSpec())
     _waiting(svc, 0, 41, "a")
     _waiting(svc, 1, 7, "b")
     svc.history.add(frame("a", 1), 0)
-    committed: list[dict] = []
 
-    async def commit(client, offsets):
-        producer.events.append("commit")
-        committed.append(offsets)
-
-    monkeypatch.setattr(rebalance, "commit_on_loop", commit)
-    asyncio.run(RebalanceDrain(svc).on_partitions_revoked({TopicPartition(TOPIC, 0)}))
+    RebalanceDrain(svc).on_revoked({(TOPIC, 0)})
 
     preds = producer.predictions()
     assert [(p.vehicle_id, p.source, p.reason) for p in preds] == [("a", "fallback", "rebalance")]
-    assert producer.events == ["flush", "commit"] and committed == [{(TOPIC, 0): 42}]
+    assert producer.events == ["flush", "commit"] and consumer.commits == [{(TOPIC, 0): 42}]
     assert [it.partition for it in svc.batcher.drain()] == [1]  # partition 1 keeps waiting
     assert svc.assigned == {(TOPIC, 1)} and len(svc.history) == 0
     assert (TOPIC, 0) not in svc.output.next_offset
 
 
-def test_revoke_after_a_failed_send_commits_nothing_and_says_so(monkeypatch, caplog) -> None:
-    svc, producer, _ = make_service()
+def test_revoke_after_a_failed_send_commits_nothing_and_says_so(caplog) -> None:
+    svc, producer, consumer = make_service()
     _waiting(svc, 0, 3, "a")
     producer.fail_on_flush = True
 
-    async def commit(client, offsets):
-        raise AssertionError("must not commit past a failed send")
-
-    monkeypatch.setattr(rebalance, "commit_on_loop", commit)
     with caplog.at_level(logging.WARNING):
-        asyncio.run(RebalanceDrain(svc).on_partitions_revoked({TopicPartition(TOPIC, 0)}))
-    assert "not drained" in caplog.text
+        RebalanceDrain(svc).on_revoked({(TOPIC, 0)})
+    assert "not drained" in caplog.text and consumer.commits == []
     with pytest.raises(DeliveryError):
         svc.step()
 
@@ -272,5 +258,5 @@ def test_revoke_after_a_failed_send_commits_nothing_and_says_so(monkeypatch, cap
 def test_lost_partitions_are_dropped_unanswered() -> None:
     svc, producer, _ = make_service()
     _waiting(svc, 0, 3, "a")
-    asyncio.run(RebalanceDrain(svc).on_partitions_lost({TopicPartition(TOPIC, 0)}))
+    RebalanceDrain(svc).on_lost({(TOPIC, 0)})
     assert producer.sent == [] and len(svc.batcher) == 0 and svc.output.next_offset == {}
