@@ -71,6 +71,8 @@ class InferenceService:
         self.output = Output(config, self.metrics, self.stats)
         self.answerer = Answerer(config, self.metrics, self.stats, self.output)
         self._budget_ns = int(config.budget_ms * MS)
+        self._deferred: list[tuple[Pending, str]] = []
+        """Frames of the current poll to answer by fallback, with the reason."""
         self._last_commit = self._last_lag = time.monotonic()
         self._last_loop = time.monotonic()
         self._loop_mark = (self._last_loop, 0, 0)
@@ -196,6 +198,7 @@ class InferenceService:
         )
         for msg in msgs:
             self._handle(msg, now_ns())
+        self._answer_deferred()
         while self.batcher.due(now_ns()):
             self._run_batch(self.batcher.take())
         now = time.monotonic()
@@ -259,16 +262,31 @@ class InferenceService:
     def _route(self, item: Pending, status: str) -> None:
         vid, now = item.frame.vehicle_id, item.t_consumed_ns
         if self.model is None:
-            self._answer_fallback([item], "no_model")
+            self._deferred.append((item, "no_model"))
         elif status == "out_of_order":
-            self._answer_fallback([item], "out_of_order")
+            self._deferred.append((item, "out_of_order"))
         elif (why := self.history.unusable(vid)) is not None:  # "warmup" or "gap"
-            self._answer_fallback([item], why)
+            self._deferred.append((item, why))
         elif not self.answerer.in_time(item, len(self.batcher) + 1, now, self._wait_for(now)):
-            self._answer_fallback([item], "late")
+            self._deferred.append((item, "late"))
         else:
             item.window = self.history.window(vid)
             self.batcher.add(item)
+
+    def _answer_deferred(self) -> None:
+        """Answer the fallback frames of this poll, in arrival order, one run per reason.
+
+        Under overload nearly every frame is late: answering them together costs one
+        vectorised fallback and one accounting per poll instead of per frame, so the stale
+        path is the cheapest path and the service catches up instead of falling further
+        behind. Nothing polls or commits while frames wait here.
+        """
+        deferred, self._deferred = self._deferred, []
+        start = 0
+        for i in range(1, len(deferred) + 1):
+            if i == len(deferred) or deferred[i][1] != deferred[start][1]:
+                self._answer_fallback([it for it, _ in deferred[start:i]], deferred[start][1])
+                start = i
 
     def _wait_for(self, now: int) -> int:
         wait = self.batcher.wait_ns(now)
@@ -288,6 +306,7 @@ class InferenceService:
 
     # --- offsets and rebalancing ---------------------------------------------------------
     def _flush_batches(self) -> None:
+        self._answer_deferred()
         while len(self.batcher):
             self._run_batch(self.batcher.take())
 

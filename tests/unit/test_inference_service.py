@@ -100,7 +100,7 @@ def record(offset: int, frames: list[SensorFrame], partition: int = 0) -> Messag
 
 
 def make_service(batches=(), **kw) -> tuple[InferenceService, FakeProducer, FakeConsumer]:
-    cfg = ServeConfig(budget_ms=60_000, commit_interval_ms=3_600_000, **kw)
+    cfg = ServeConfig(**{"budget_ms": 60_000, "commit_interval_ms": 3_600_000, **kw})
     svc = InferenceService(cfg, KafkaSettings())
     producer = FakeProducer()
     consumer = FakeConsumer(producer, batches)
@@ -187,6 +187,7 @@ def test_window_wider_than_the_models_max_gap_falls_back_with_reason_gap() -> No
         ]
         for seq, t in enumerate(times):
             svc._handle(record(seq, [frame("a", seq, t)]), now_ns())
+            svc._answer_deferred()  # what step() does after each poll
         return [p.reason for p in producer.predictions()]
 
     svc, producer, _ = make_service()
@@ -260,3 +261,30 @@ def test_lost_partitions_are_dropped_unanswered() -> None:
     _waiting(svc, 0, 3, "a")
     RebalanceDrain(svc).on_lost({(TOPIC, 0)})
     assert producer.sent == [] and len(svc.batcher) == 0 and svc.output.next_offset == {}
+
+
+def test_stale_frames_of_one_poll_are_answered_together_in_arrival_order() -> None:
+    """Overload: every frame is already past its budget when consumed. They all get the
+    fallback ("late") from one vectorised run per poll, not one run per frame."""
+    vehicles = ("a", "b", "c", "d")
+    frames = [frame(v, seq) for seq in range(10, 22) for v in vehicles]
+    batch = [record(i, [f], partition=i % 2) for i, f in enumerate(frames)]
+    svc, producer, _ = make_service([batch], budget_ms=1e-6)
+    serve(svc, InputSpec(history=10))
+    for seq in range(10):  # full windows: only lateness makes these frames fall back
+        for v in vehicles:
+            svc.history.add(frame(v, seq), 0)
+    runs: list[tuple[str, int]] = []
+    fallback = svc.answerer.fallback
+
+    def counting(items, reason, horizons):
+        runs.append((reason, len(items)))
+        fallback(items, reason, horizons)
+
+    svc.answerer.fallback = counting  # type: ignore[method-assign]
+    svc.step()
+    preds = producer.predictions()
+    assert [(p.vehicle_id, p.seq) for p in preds] == [(f.vehicle_id, f.seq) for f in frames]
+    assert {(p.source, p.reason) for p in preds} == {("fallback", "late")}
+    assert runs == [("late", len(frames))]
+    assert svc.output.next_offset == {(TOPIC, 0): len(frames) - 1, (TOPIC, 1): len(frames)}
