@@ -120,6 +120,14 @@ def load(
         "fallback_share": round(sum(reasons.values()) / max(1, len(steady)), 4),
         "fallback_reasons": reasons,
     }
+    # p99 per second of the run (by produce time): flat when latency stays bounded,
+    # rising when the service falls further behind
+    by_second: dict[int, list[float]] = {}
+    for p, r, _, _ in got:
+        by_second.setdefault(int((p - t_start) // 1e9), []).append((r - p) / 1e6)
+    out["p99_by_second_ms"] = [
+        round(float(np.percentile(by_second[k], 99)), 1) for k in sorted(by_second)
+    ]
     if at is not None:
         t_swap = t_start + at[0] * 1e9
         near = np.array([r - p for p, r, _, _ in got if t_swap <= p < t_swap + 2e9]) / 1e6
@@ -271,7 +279,8 @@ def main() -> None:
                 f"p50 {f['p50_ms']} p99 {f['p99_ms']} ms | fallback {s['fallback_share']:.1%} "
                 f"{s['fallback_reasons']} | swap: loop pause {s['swap_loop_pause_ms']} ms, "
                 f"p99 {s.get('after_swap_p99_ms')} / max {s.get('after_swap_max_ms')} ms in 2 s "
-                f"after | answered {s['answered']}/{s['sent']}",
+                f"after | answered {s['answered']}/{s['sent']} | p99 by second "
+                f"{s['p99_by_second_ms']}",
                 flush=True,
             )
             print(json.dumps(row), flush=True)
