@@ -49,7 +49,7 @@ WARMUP_S = 1.0
 def echo_worker(bootstrap: str, src: str, dst: str) -> None:
     """The floor's middle hop: consume and re-produce every record unchanged."""
     settings = KafkaSettings(bootstrap=bootstrap)
-    with Consumer(settings, [src], f"echo-{src}") as c, Producer(settings) as p:
+    with Consumer(settings, [src], f"echo-{src}") as c, Producer(settings).connect() as p:
         while not c.assignment():
             c.poll(timeout_ms=50)
         print("ready", flush=True)
@@ -75,7 +75,7 @@ def load(
     done = threading.Event()
 
     def produce() -> None:
-        with Producer(settings) as p:
+        with Producer(settings).connect() as p:
             t0 = time.monotonic()
             tick, sent = 0.005, 0
             fired = at is None
@@ -242,6 +242,12 @@ def run_rate(bootstrap: str, rate: int, args: argparse.Namespace) -> dict:
         round(float(m.group(1)) * 1e3 / max(1, float(n.group(1))), 4) if m and n else None
     )
     res["swaps"] = int(float(n.group(1))) if n else 0
+    res["budget_misses"] = {  # the service's own count: published after t_produce + budget
+        src: int(float(c))
+        for src, c in re.findall(
+            r'drivestream_inference_budget_misses_total\{source="(\w+)"\} ([0-9.e+-]+)', metrics
+        )
+    }
     res["serving_version_after"] = int(float(v.group(1))) if v else None
     res["provider"] = health.get("provider")
     return {"rate": rate, "floor_two_hop": floor, "service": res}
@@ -279,7 +285,8 @@ def main() -> None:
                 f"p50 {f['p50_ms']} p99 {f['p99_ms']} ms | fallback {s['fallback_share']:.1%} "
                 f"{s['fallback_reasons']} | swap: loop pause {s['swap_loop_pause_ms']} ms, "
                 f"p99 {s.get('after_swap_p99_ms')} / max {s.get('after_swap_max_ms')} ms in 2 s "
-                f"after | answered {s['answered']}/{s['sent']} | p99 by second "
+                f"after | answered {s['answered']}/{s['sent']} | budget misses "
+                f"{s['budget_misses']} | p99 by second "
                 f"{s['p99_by_second_ms']}",
                 flush=True,
             )

@@ -66,7 +66,7 @@ class Output:
         self._encoder = prediction.PredictionEncoder()
 
     def open(self, settings: KafkaSettings) -> None:
-        self.producer = Producer(settings)
+        self.producer = Producer(settings).connect()  # the first prediction is not held back
 
     def close(self) -> None:
         """Close the producer (it flushes); the consumer must be closed first (its revoke

@@ -167,7 +167,8 @@ class Replayer:
         owned = None
         producer = self._producer
         if producer is None:
-            owned = producer = Producer(self._settings or KafkaSettings.from_env())
+            # connected before the schedule starts, so the first frames are not held back
+            owned = producer = Producer(self._settings or KafkaSettings.from_env()).connect()
         try:
             if not producer.partitions_for(self.config.topic):
                 raise ConfigError(

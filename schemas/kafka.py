@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -142,6 +143,9 @@ class Message(NamedTuple):
     headers: Headers
 
 
+_IDEMP_ASSIGNED = re.compile(r'"idemp_state":\s*"Assigned"')
+
+
 class ProduceError(Exception):
     """A record was not delivered, or not in time."""
 
@@ -163,8 +167,12 @@ class Producer:
             **settings.rdkafka_config(),
             **{k.replace("_", "."): v for k, v in overrides.items()},
             "logger": logging.getLogger("librdkafka"),
+            # statistics say when the idempotent producer has its id (see connect())
+            "statistics.interval.ms": 100,
+            "stats_cb": self._on_stats,
         }
         self._producer: confluent_kafka.Producer | None = None
+        self._ready = str(self._config.get("enable.idempotence")).lower() not in ("true", "1")
         self.failures = 0
         self.last_error: ProduceError | None = None
 
@@ -176,6 +184,33 @@ class Producer:
             except confluent_kafka.KafkaException as exc:
                 raise ConfigError(f"bad producer settings: {exc}") from exc
         return self._producer
+
+    @property
+    def ready(self) -> bool:
+        """True once records are sent at once (an idempotent producer has its id)."""
+        return self._ready
+
+    def _on_stats(self, stats: str) -> None:
+        if not self._ready:
+            self._ready = _IDEMP_ASSIGNED.search(stats) is not None
+
+    def connect(self, timeout_s: float = 10.0) -> Producer:
+        """Start the client and wait until it can send at once.
+
+        An idempotent librdkafka producer gets its producer id only ~0.5 s after it is
+        created, and holds every record until then: a latency-critical sender calls this
+        before its first timed record. Raises ConfigError if the cluster does not answer.
+        """
+        client = self.client
+        deadline = time.monotonic() + timeout_s
+        while not self._ready:
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"no producer id from {self._config['bootstrap.servers']} within "
+                    f"{timeout_s}s: is the broker up?"
+                )
+            client.poll(0.02)
+        return self
 
     def send(
         self,

@@ -9,6 +9,7 @@ import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.partitioner.default import murmur2
 
+from schemas.errors import ConfigError
 from schemas.kafka import Consumer, KafkaSettings, Message, Producer, ensure_topics
 from schemas.topics import TopicNames, default_topics
 
@@ -96,3 +97,19 @@ def test_failed_deliveries_are_counted(kafka_settings, topic_factory):
         producer.flush()
         assert producer.failures == 1
         assert "MSG_SIZE_TOO_LARGE" in str(producer.last_error)
+
+
+def test_connect_waits_for_the_idempotent_producer_id(kafka_settings, topic_factory):
+    """connect() returns once librdkafka reports the producer id (else it raises after its
+    timeout), so a latency-critical sender's first record is not held back."""
+    topic = topic_factory()
+    producer = Producer(kafka_settings)
+    assert not producer.ready  # idempotent: no producer id before it connects
+    with producer.connect(timeout_s=20):
+        assert producer.ready
+        assert producer.send_and_wait(topic, b"first") == 0
+
+
+def test_connect_to_no_broker_says_so():
+    with pytest.raises(ConfigError, match="is the broker up"):
+        Producer(KafkaSettings(bootstrap="127.0.0.1:1")).connect(timeout_s=1)
