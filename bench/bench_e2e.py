@@ -64,7 +64,7 @@ def load(
     dst: str,
     rate: int,
     duration: float,
-    at: tuple[float, Callable[[], None]] | None = None,
+    at: tuple[float, Callable[[Producer], None]] | None = None,
 ) -> dict:
     """Send frames at ``rate`` (vehicles at 10 Hz) and time their answers on ``dst``."""
     vehicles = max(1, rate // 10)
@@ -74,8 +74,11 @@ def load(
     c.assign(dst, sorted(c.partitions_for(dst)))
     done = threading.Event()
 
+    started: list[int] = []
+
     def produce() -> None:
         with Producer(settings).connect() as p:
+            started.append(now_ns())  # the warm-up cut counts from the first frame
             t0 = time.monotonic()
             tick, sent = 0.005, 0
             fired = at is None
@@ -88,7 +91,7 @@ def load(
                     )
                     sent += 1
                 if not fired and time.monotonic() - t0 >= at[0]:
-                    at[1]()
+                    at[1](p)  # this connected producer: a new one would stall the load
                     fired = True
                 time.sleep(tick)
         done.set()
@@ -106,6 +109,7 @@ def load(
                 got.append((read_stamp(m.headers, T_PRODUCE_NS), now, "echo", ""))
     c.close()
     done.wait(5)
+    t_start = started[0] if started else t_start
     steady = [g for g in got if g[0] - t_start > WARMUP_S * 1e9]
     lat = np.array([r - p for p, r, _, _ in steady]) / 1e6
     reasons: dict[str, int] = {}
@@ -137,12 +141,19 @@ def load(
     return out
 
 
-def publish_model(settings: KafkaSettings, topic: str, version: int) -> None:
+def model_record(version: int) -> bytes:
+    """A `models` record, built ahead: exporting it would stall this (measuring) process."""
     from tests.model_fixtures import cv_onnx, envelope
 
-    env = envelope(cv_onnx(offset_m=0.01 * version), version)
+    return encode_envelope(envelope(cv_onnx(offset_m=0.01 * version), version))
+
+
+HDRS = envelope_headers()
+
+
+def publish_model(settings: KafkaSettings, topic: str, record: bytes) -> None:
     with Producer(settings) as p:
-        p.send(topic, encode_envelope(env), key=env.name, headers=envelope_headers())
+        p.send(topic, record, key="drivestream", headers=HDRS)
 
 
 def scrape(port: int) -> str:
@@ -196,7 +207,8 @@ def run_rate(bootstrap: str, rate: int, args: argparse.Namespace) -> dict:
     finally:
         echo.terminate()
         echo.wait()
-    publish_model(settings, names.models, 1)
+    v1, v2 = model_record(1), model_record(2)
+    publish_model(settings, names.models, v1)
     port = free_port()
     cmd = [
         py,
@@ -229,7 +241,7 @@ def run_rate(bootstrap: str, rate: int, args: argparse.Namespace) -> dict:
             names.predictions,
             rate,
             args.duration,
-            at=(swap_at, lambda: publish_model(settings, names.models, 2)),
+            at=(swap_at, lambda p: p.send(names.models, v2, key="drivestream", headers=HDRS)),
         )
         metrics = scrape(port)
     finally:

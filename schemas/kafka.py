@@ -12,7 +12,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -221,27 +221,14 @@ class Producer:
         partition: int | None = None,
     ) -> None:
         """Queue one record (waiting while librdkafka's queue is full); errors are counted."""
-        client = self.client
-        while True:
-            try:
-                client.produce(
-                    topic,
-                    value,
-                    key,
-                    -1 if partition is None else partition,
-                    self._on_delivery,
-                    headers=headers,  # type: ignore[arg-type]  # list invariance: bytes values are fine
-                )
-                break
-            except BufferError:  # local queue full: serve deliveries, then retry
-                client.poll(0.05)
-        client.poll(0)
+        self._produce(topic, value, key, headers, partition, self._on_delivery)
 
     def send_and_wait(
         self,
         topic: str,
         value: bytes,
         key: bytes | str | None = None,
+        *,
         headers: Headers | None = None,
         partition: int | None = None,
         timeout_s: float = 30.0,
@@ -256,20 +243,38 @@ class Producer:
             self._on_delivery(err, msg)
             result.append(err or msg.offset())
 
-        self.client.produce(
-            topic,
-            value,
-            key,
-            -1 if partition is None else partition,
-            done,
-            headers=headers,  # type: ignore[arg-type]
-        )
+        self._produce(topic, value, key, headers, partition, done)
         self.client.flush(timeout_s)
         if not result:
             raise ProduceError(f"no acknowledgement from {topic!r} within {timeout_s}s")
         if not isinstance(result[0], int):
             raise ProduceError(f"send to {topic!r} failed: {result[0]}")
         return result[0]
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | str | None,
+        headers: Headers | None,
+        partition: int | None,
+        on_delivery: Callable[[Any, Any], None],
+    ) -> None:
+        client = self.client
+        while True:
+            try:
+                client.produce(
+                    topic,
+                    value,
+                    key,
+                    -1 if partition is None else partition,
+                    on_delivery,
+                    headers=headers,  # type: ignore[arg-type]  # list invariance: bytes values are fine
+                )
+                break
+            except BufferError:  # local queue full: serve deliveries, then retry
+                client.poll(0.05)
+        client.poll(0)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
