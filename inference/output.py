@@ -181,6 +181,7 @@ class Output:
     def check_delivery(self) -> None:
         """Raise DeliveryError (and never commit again) once any record failed to deliver."""
         assert self.producer is not None
+        self.producer.poll()  # serve delivery reports now, even while no frames arrive
         failures = self.producer.failures
         if not failures:
             return

@@ -98,7 +98,7 @@ class InferenceService:
         self.output.open(self.settings)
         self._consumer = Consumer(self.settings, [c.sensors_topic], c.group_id)
         self._consumer.on_rebalance(RebalanceDrain(self))
-        self._consumer.wait_partitions(c.sensors_topic)  # join only once metadata has it
+        self._consumer.wait_partitions(c.sensors_topic)  # first call joins: topic must exist
         self._watcher = ModelWatcher(self.settings, c.models_topic, self.swapper)
         self._watcher.start()
         self._server.start()
@@ -111,8 +111,12 @@ class InferenceService:
         """
         try:
             if clean and not self.output.halted and self._consumer and self.output.producer:
-                self._flush_batches()
-                self._commit()
+                try:
+                    self._flush_batches()
+                    self._commit()
+                except BaseException:
+                    clean = False  # frames were taken but maybe not answered: commit nothing
+                    raise
         finally:
             if not clean:
                 self.output.halt()
@@ -197,7 +201,10 @@ class InferenceService:
             timeout_ms=int(timeout_ms), max_records=self.config.max_poll_records
         )
         for msg in msgs:
-            self._handle(msg, now_ns())
+            if (msg.topic, msg.partition) in self.assigned:
+                self._handle(msg, now_ns())
+            # else: fetched before its partition was revoked inside this poll; the new
+            # owner answers it from the offset committed on revoke
         self._answer_deferred()
         while self.batcher.due(now_ns()):
             self._run_batch(self.batcher.take())
@@ -322,7 +329,7 @@ class InferenceService:
         self._consumer.commit(offsets)
 
     def _release(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """Revoke, on the consumer's loop: answer the partitions' waiting frames by fallback,
+        """Revoke, inside poll()/close(): answer the partitions' waiting frames by fallback,
         flush, and return the offsets the listener must commit (raises DeliveryError)."""
         if self.output.producer is None or self.output.halted:
             return {}

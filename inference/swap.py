@@ -8,7 +8,6 @@ back to be released here, so tearing a session down never costs the serving thre
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 
@@ -118,20 +117,6 @@ class ModelSwapper:
             self._retired.clear()
 
 
-BUILD_NICE = 10
-"""How much lower the watcher thread's CPU priority is than the serving loop's: model builds
-(checker, session, canary, accuracy runs, warm-up) then take only CPU the loop leaves idle."""
-
-
-def _lower_priority(nice: int) -> None:
-    """Raise this thread's nice value (Linux: a thread is a task); a no-op elsewhere."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except (AttributeError, OSError) as exc:
-        log.debug("cannot lower the model watcher's priority: %s", exc)
-
-
 class ModelWatcher(threading.Thread):
     """Reads the `models` topic from the start; newest first at start-up, then in order."""
 
@@ -147,7 +132,6 @@ class ModelWatcher(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        _lower_priority(BUILD_NICE)
         consumer = Consumer(self.settings, group_id=None, fetch_wait_max_ms=200)
         try:
             parts = self._partitions(consumer)

@@ -71,8 +71,8 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    """Any other client setting by its librdkafka name (``"socket.keepalive.enable"``),
-    applied to every client; kafka-python clients get it with dots as underscores."""
+    """Any other librdkafka setting (``"socket.keepalive.enable": True``) for every producer
+    and consumer; topic admin (kafka-python) gets only the connection and security ones."""
 
     def __post_init__(self) -> None:
         if not self.bootstrap or any(":" not in h for h in self.bootstrap.split(",")):
@@ -94,6 +94,7 @@ class KafkaSettings:
         return cls(**values)
 
     def client_config(self) -> dict[str, Any]:
+        """Connection and security settings for kafka-python (topic admin)."""
         cfg: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap.split(","),
             "client_id": self.client_id,
@@ -108,7 +109,6 @@ class KafkaSettings:
             "ssl_keyfile": self.ssl_keyfile,
         }
         cfg.update({k: v for k, v in optional.items() if v is not None})
-        cfg.update({k.replace(".", "_"): v for k, v in self.extra.items()})
         return cfg
 
     def rdkafka_config(self) -> dict[str, Any]:
@@ -167,9 +167,6 @@ class Producer:
             **settings.rdkafka_config(),
             **{k.replace("_", "."): v for k, v in overrides.items()},
             "logger": logging.getLogger("librdkafka"),
-            # statistics say when the idempotent producer has its id (see connect())
-            "statistics.interval.ms": 100,
-            "stats_cb": self._on_stats,
         }
         self._producer: confluent_kafka.Producer | None = None
         self._ready = str(self._config.get("enable.idempotence")).lower() not in ("true", "1")
@@ -195,12 +192,23 @@ class Producer:
             self._ready = _IDEMP_ASSIGNED.search(stats) is not None
 
     def connect(self, timeout_s: float = 10.0) -> Producer:
-        """Start the client and wait until it can send at once.
+        """Start the client and wait until it can send at once; call before the first send.
 
         An idempotent librdkafka producer gets its producer id only ~0.5 s after it is
         created, and holds every record until then: a latency-critical sender calls this
-        before its first timed record. Raises ConfigError if the cluster does not answer.
+        before its first timed record. Readiness comes from librdkafka's statistics, which a
+        connected producer then reports every 100 ms: its owner must send or :meth:`poll`
+        regularly (the serving loop polls every step). Raises ConfigError if the cluster
+        does not answer.
         """
+        if self._producer is not None:
+            raise RuntimeError("connect() starts the client: call it before the first send")
+        if not self._ready:
+            self._config = {
+                **self._config,
+                "statistics.interval.ms": 100,
+                "stats_cb": self._on_stats,
+            }
         client = self.client
         deadline = time.monotonic() + timeout_s
         while not self._ready:
@@ -275,6 +283,11 @@ class Producer:
             except BufferError:  # local queue full: serve deliveries, then retry
                 client.poll(0.05)
         client.poll(0)
+
+    def poll(self) -> None:
+        """Serve what librdkafka reported (delivery failures, statistics) without waiting."""
+        if self._producer is not None:
+            self._producer.poll(0)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
@@ -415,8 +428,8 @@ class Consumer:
     def wait_partitions(self, topic: str, timeout_s: float = 30.0) -> set[int]:
         """The topic's partitions once the cluster metadata knows them.
 
-        Call before the first poll of a just-created topic: a group joined while the
-        client's metadata lacks the topic gets no partitions assigned.
+        Services call it first so that a missing topic is a clear ConfigError, not a
+        consumer group that waits for partitions forever.
         """
         deadline = time.monotonic() + timeout_s
         while True:
@@ -433,8 +446,13 @@ class Consumer:
     def watermarks(self, topic: str, partition: int, timeout_s: float = 10.0) -> tuple[int, int]:
         """(first offset, end offset) of a partition, asked of the broker now."""
         tp = confluent_kafka.TopicPartition(topic, partition)
-        low, high = self.client.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
-        return low, high
+        marks = self.client.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        if marks is None:
+            raise ConfigError(
+                f"no offsets for {topic}[{partition}] from {self._config['bootstrap.servers']} "
+                f"within {timeout_s}s: is the broker up?"
+            )
+        return marks
 
     def end_offsets(self, keys: Iterable[Key] | None = None) -> dict[Key, int]:
         """End offset (next to be written) of ``keys``, by default of the assignment."""
@@ -462,9 +480,9 @@ class Consumer:
     def lag(self, topic: str, partition: int) -> int | None:
         """Records not yet returned, from the end offset of the last fetch (no request)."""
         tp = confluent_kafka.TopicPartition(topic, partition)
-        _, high = self.client.get_watermark_offsets(tp, cached=True)
+        marks = self.client.get_watermark_offsets(tp, cached=True)
         pos = self.position(topic, partition)
-        return None if high < 0 or pos is None else max(0, high - pos)
+        return None if marks is None or marks[1] < 0 or pos is None else max(0, marks[1] - pos)
 
     def committed(self, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
         """The group's committed offset per partition (None where nothing was committed)."""
@@ -509,10 +527,15 @@ class Consumer:
 
     def commit(self, offsets: dict[Key, int]) -> None:
         """Commit explicit ``{(topic, partition): next_offset}`` and wait for the broker."""
-        self.client.commit(
+        done = self.client.commit(
             offsets=[confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
             asynchronous=False,
         )
+        failed = [tp for tp in done or [] if tp.error is not None]
+        if failed:  # a synchronous commit reports per-partition errors instead of raising
+            raise confluent_kafka.KafkaException(
+                f"commit failed for {[(tp.topic, tp.partition, str(tp.error)) for tp in failed]}"
+            )
 
     def close(self) -> None:
         """Leave the group (revoke callbacks run here) and close; safe to call twice."""

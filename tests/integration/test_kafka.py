@@ -113,3 +113,10 @@ def test_connect_waits_for_the_idempotent_producer_id(kafka_settings, topic_fact
 def test_connect_to_no_broker_says_so():
     with pytest.raises(ConfigError, match="is the broker up"):
         Producer(KafkaSettings(bootstrap="127.0.0.1:1")).connect(timeout_s=1)
+
+
+def test_connect_after_the_first_send_is_refused():
+    producer = Producer(KafkaSettings(bootstrap="127.0.0.1:1"))
+    assert producer.client is not None  # what the first send does: start the client
+    with pytest.raises(RuntimeError, match="before the first send"):
+        producer.connect()

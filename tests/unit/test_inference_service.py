@@ -34,11 +34,17 @@ class FakeProducer:
         self.last_error: BaseException | None = None
         self.fail_on_flush = False
         self.events: list[str] = []
-        self.partitions: list[int | None] = []
+        self.reports: list[BaseException] = []
+        """Delivery failures librdkafka has but poll()/flush() have not served yet."""
 
     def send(self, topic, value, key=None, headers=None, partition=None) -> None:
         self.sent.append((topic, value))
-        self.partitions.append(partition)
+
+    def poll(self) -> None:
+        for exc in self.reports:
+            self.failures += 1
+            self.last_error = exc
+        self.reports.clear()
 
     def partitions_for(self, topic) -> set[int]:
         return {0, 1, 2, 3}
@@ -288,3 +294,24 @@ def test_stale_frames_of_one_poll_are_answered_together_in_arrival_order() -> No
     assert {(p.source, p.reason) for p in preds} == {("fallback", "late")}
     assert runs == [("late", len(frames))]
     assert svc.output.next_offset == {(TOPIC, 0): len(frames) - 1, (TOPIC, 1): len(frames)}
+
+
+def test_a_failed_delivery_stops_the_loop_even_while_no_frames_arrive() -> None:
+    svc, producer, consumer = make_service()
+    svc.step()  # idle: nothing polled, nothing due
+    producer.reports.append(RuntimeError("MSG_TIMED_OUT"))  # reported after the last send
+    with pytest.raises(DeliveryError, match="MSG_TIMED_OUT"):
+        svc.step()
+    assert consumer.commits == [] and svc.output.halted
+
+
+def test_records_of_a_partition_revoked_inside_the_poll_are_left_to_the_new_owner() -> None:
+    """librdkafka may hand back a record fetched before its partition was revoked within the
+    same poll: answering it would put the partition back in the offset ledger and commit
+    for a partition another instance owns."""
+    gone = record(5, [frame("z", 1)], partition=2)  # (TOPIC, 2) is not assigned here
+    mine = record(9, [frame("a", 1)], partition=0)
+    svc, producer, _ = make_service([[gone, mine]])
+    svc.step()
+    assert [(p.vehicle_id, p.seq) for p in producer.predictions()] == [("a", 1)]
+    assert svc.output.next_offset == {(TOPIC, 0): 10}

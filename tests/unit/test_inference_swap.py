@@ -141,24 +141,3 @@ def test_memory_stays_flat_over_100_swaps(good) -> None:
     assert serving is not None and serving.version == 120
     grown = _rss_mb() - before
     assert grown < 20, f"RSS grew {grown:.1f} MB over 100 swaps"
-
-
-def test_model_builds_run_at_a_lower_cpu_priority_than_the_serving_loop() -> None:
-    import os
-    import threading
-
-    from inference.swap import BUILD_NICE, _lower_priority
-
-    seen: list[tuple[int, int]] = []
-
-    def watcher_like() -> None:
-        tid = threading.get_native_id()
-        before = os.getpriority(os.PRIO_PROCESS, tid)
-        _lower_priority(BUILD_NICE)
-        seen.append((before, os.getpriority(os.PRIO_PROCESS, tid)))
-
-    t = threading.Thread(target=watcher_like)
-    t.start()
-    t.join()
-    (before, after), loop = seen[0], os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert after == min(19, before + BUILD_NICE) and loop == before  # only that thread
