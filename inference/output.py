@@ -21,12 +21,9 @@ from inference.errors import DeliveryError
 from inference.metrics import STAGES, ServeMetrics
 from schemas import deadletter, prediction
 from schemas.headers import now_ns
-from schemas.kafka import Consumer, KafkaSettings, Message, Producer
+from schemas.kafka import Consumer, KafkaSettings, Key, Message, Producer
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, int]
-"""(topic, partition) of the input."""
 
 _PRED_HEADERS = prediction.prediction_headers()
 _DL_HEADERS = deadletter.dead_letter_headers()

@@ -15,6 +15,7 @@ partitions are drained and committed inside the listener (see inference.rebalanc
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -289,11 +290,8 @@ class InferenceService:
         behind. Nothing polls or commits while frames wait here.
         """
         deferred, self._deferred = self._deferred, []
-        start = 0
-        for i in range(1, len(deferred) + 1):
-            if i == len(deferred) or deferred[i][1] != deferred[start][1]:
-                self._answer_fallback([it for it, _ in deferred[start:i]], deferred[start][1])
-                start = i
+        for reason, run in itertools.groupby(deferred, key=lambda d: d[1]):
+            self._answer_fallback([it for it, _ in run], reason)
 
     def _wait_for(self, now: int) -> int:
         wait = self.batcher.wait_ns(now)

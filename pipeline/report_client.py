@@ -77,7 +77,7 @@ class ReportClient:
         parts = sorted(consumer.wait_partitions(topic, timeout_s=10))
         start = None
         if not self.config.from_beginning:
-            start = {p: o for (_, p), o in consumer.end_offsets((topic, p) for p in parts).items()}
+            start = {p: consumer.watermarks(topic, p)[1] for p in parts}
         consumer.assign(topic, parts, start)
         return consumer
 

@@ -146,6 +146,27 @@ class Message(NamedTuple):
 _IDEMP_ASSIGNED = re.compile(r'"idemp_state":\s*"Assigned"')
 
 
+def _rdkafka(
+    defaults: dict[str, Any], settings: KafkaSettings, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """A librdkafka client's config: defaults, then the cluster settings, then the caller's
+    overrides (librdkafka names with dots as underscores); logs go to Python logging."""
+    return {
+        **defaults,
+        **settings.rdkafka_config(),
+        **{k.replace("_", "."): v for k, v in overrides.items()},
+        "logger": logging.getLogger("librdkafka"),
+    }
+
+
+def _partitions(client: Any, topic: str, timeout_s: float) -> set[int]:
+    """A topic's partitions from a producer's or consumer's metadata; empty if it is missing."""
+    meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return set()
+    return set(meta.partitions)
+
+
 class ProduceError(Exception):
     """A record was not delivered, or not in time."""
 
@@ -162,12 +183,7 @@ class Producer:
     """
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
-        self._config = {
-            **PRODUCER_DEFAULTS,
-            **settings.rdkafka_config(),
-            **{k.replace("_", "."): v for k, v in overrides.items()},
-            "logger": logging.getLogger("librdkafka"),
-        }
+        self._config = _rdkafka(PRODUCER_DEFAULTS, settings, overrides)
         self._producer: confluent_kafka.Producer | None = None
         self._ready = str(self._config.get("enable.idempotence")).lower() not in ("true", "1")
         self.failures = 0
@@ -298,10 +314,7 @@ class Producer:
 
     def partitions_for(self, topic: str, timeout_s: float = 10.0) -> set[int]:
         """The topic's partitions, or an empty set when the cluster does not have it."""
-        meta = self.client.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return set()
-        return set(meta.partitions)
+        return _partitions(self.client, topic, timeout_s)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every queued record is delivered or failed; ProduceError on timeout."""
@@ -355,14 +368,9 @@ class Consumer:
         group_id: str | None = None,
         **overrides: Any,
     ) -> None:
-        self._config = {
-            **CONSUMER_DEFAULTS,
-            **settings.rdkafka_config(),
-            # librdkafka wants a group id even to assign; an assign-only one never joins it
-            "group.id": group_id or f"drivestream-assign-{uuid.uuid4().hex}",
-            **{k.replace("_", "."): v for k, v in overrides.items()},
-            "logger": logging.getLogger("librdkafka"),
-        }
+        # librdkafka wants a group id even to assign; an assign-only one never joins it
+        group = group_id or f"drivestream-assign-{uuid.uuid4().hex}"
+        self._config = _rdkafka({**CONSUMER_DEFAULTS, "group.id": group}, settings, overrides)
         self._topics = list(topics)
         self._listener: RebalanceListener | None = None
         self._consumer: confluent_kafka.Consumer | None = None
@@ -420,10 +428,7 @@ class Consumer:
 
     def partitions_for(self, topic: str, timeout_s: float = 10.0) -> set[int]:
         """The topic's partitions, or an empty set when the cluster does not have it."""
-        meta = self.client.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return set()
-        return set(meta.partitions)
+        return _partitions(self.client, topic, timeout_s)
 
     def wait_partitions(self, topic: str, timeout_s: float = 30.0) -> set[int]:
         """The topic's partitions once the cluster metadata knows them.
@@ -454,10 +459,9 @@ class Consumer:
             )
         return marks
 
-    def end_offsets(self, keys: Iterable[Key] | None = None) -> dict[Key, int]:
-        """End offset (next to be written) of ``keys``, by default of the assignment."""
-        keys = self.assignment() if keys is None else keys
-        return {k: self.watermarks(*k)[1] for k in keys}
+    def end_offsets(self) -> dict[Key, int]:
+        """End offset (next to be written) of every assigned partition."""
+        return {k: self.watermarks(*k)[1] for k in self.assignment()}
 
     def position(self, topic: str, partition: int) -> int | None:
         """Offset of the next record this consumer returns; None before the first one."""
