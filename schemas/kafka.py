@@ -372,6 +372,9 @@ class Consumer:
         group = group_id or f"drivestream-assign-{uuid.uuid4().hex}"
         self._config = _rdkafka({**CONSUMER_DEFAULTS, "group.id": group}, settings, overrides)
         self._topics = list(topics)
+        self._default_start = (  # a throwaway group has nothing committed: skip the lookup
+            confluent_kafka.OFFSET_STORED if group_id else confluent_kafka.OFFSET_BEGINNING
+        )
         self._listener: RebalanceListener | None = None
         self._consumer: confluent_kafka.Consumer | None = None
         self._starts: dict[Key, int] = {}
@@ -415,11 +418,10 @@ class Consumer:
     def assign(
         self, topic: str, partitions: Iterable[int], offsets: dict[int, int] | None = None
     ) -> None:
-        """Read ``partitions`` from ``offsets[p]``, else from the group's committed offset,
-        else from the beginning."""
-        start = offsets or {}
-        stored = confluent_kafka.OFFSET_STORED
-        tps = [confluent_kafka.TopicPartition(topic, p, start.get(p, stored)) for p in partitions]
+        """Read ``partitions`` from ``offsets[p]``, else from the group's committed offset
+        (none without a group id), else from the beginning."""
+        start, default = offsets or {}, self._default_start
+        tps = [confluent_kafka.TopicPartition(topic, p, start.get(p, default)) for p in partitions]
         self.client.assign(tps)
         self._starts.update({(topic, p): o for p, o in start.items()})
 
