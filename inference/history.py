@@ -1,27 +1,28 @@
 """Per-vehicle history windows in the model's input layout, and recent ground truth.
 
-Windows follow schemas.model_spec.InputSpec: float32 ``[history, 7]`` oldest first, with
-dt = frame time - newest frame time in seconds. A window in which two consecutive frames are
-further apart than the spec's ``max_gap_s`` never goes to the model (the trainer never learns
-from one): :meth:`HistoryStore.unusable` says "gap" until the gap slides out of the window.
-Ground truth for swap validation: a few gap-free windows per vehicle are kept until the
-vehicle's position at every horizon has arrived, then the window and its interpolated future
-positions go into a small ring.
+Windows, the gap test and labels are the :mod:`schemas.window` contract the trainer learns
+from: a window with a gap wider than the spec's ``max_gap_s`` never goes to the model, and
+:meth:`HistoryStore.unusable` says "gap" until the gap slides out of the window. Ground
+truth for swap validation and the never-worse gate: every ``truth_every``-th gap-free window
+of a vehicle is kept until the vehicle's position at every horizon has arrived, then the
+window, its time-interpolated future positions and when it was labelled go into a ring.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from schemas import window
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
 
-NS = 1e9
+NS = window.NS
 
 
 @dataclass(slots=True)
@@ -38,11 +39,18 @@ class _Vehicle:
 class HistoryStore:
     """History of every vehicle this instance owns; dropped per partition on rebalance."""
 
-    def __init__(self, spec: InputSpec, truth_capacity: int = 512, truth_every: int = 5) -> None:
+    def __init__(
+        self,
+        spec: InputSpec,
+        truth_capacity: int = 512,
+        truth_every: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.spec = spec
         self.truth_every = truth_every
+        self._clock = clock
         self._vehicles: dict[str, _Vehicle] = {}
-        self._truth: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=truth_capacity)
+        self._truth: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=truth_capacity)
         self._truth_lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -51,7 +59,7 @@ class HistoryStore:
     @property
     def gap_ns(self) -> int:
         """Widest gap allowed inside a window: the serving model's ``max_gap_s``."""
-        return round(self.spec.max_gap_s * NS)
+        return window.gap_ns(self.spec.max_gap_s)
 
     def _track_len(self) -> int:
         return int(self.spec.max_horizon_s * self.spec.rate_hz * 3) + self.spec.history + 8
@@ -96,8 +104,7 @@ class HistoryStore:
         self._label(v)
         full = len(v.rows) == self.spec.history
         if full and v.count % self.truth_every == 0 and not self._has_gap(v):
-            window = self._window(v)
-            v.pending.append((f.t_event_ns, window))
+            v.pending.append((f.t_event_ns, self._window(v)))
         return status
 
     def unusable(self, vehicle_id: str) -> str | None:
@@ -108,8 +115,7 @@ class HistoryStore:
         return "gap" if self._has_gap(v) else None
 
     def _has_gap(self, v: _Vehicle) -> bool:
-        limit = self.gap_ns
-        return any(b[0] - a[0] > limit for a, b in itertools.pairwise(v.rows))
+        return window.has_gap([r[0] for r in v.rows], self.spec.max_gap_s)
 
     def window(self, vehicle_id: str) -> np.ndarray | None:
         """Model input ``[history, 7]`` ending at the newest frame, or None while warming up."""
@@ -119,41 +125,53 @@ class HistoryStore:
         return self._window(v)
 
     def _window(self, v: _Vehicle) -> np.ndarray:
-        arr = np.array(v.rows, dtype=np.float64)
-        arr[:, 0] = (arr[:, 0] - arr[-1, 0]) / NS
-        return arr.astype(np.float32)
+        return window.window_rows(v.rows)
 
     def _label(self, v: _Vehicle) -> None:
         """Turn pending windows whose longest horizon has arrived into ground truth."""
-        horizon_ns = int(self.spec.max_horizon_s * NS)
+        horizon_ns = round(self.spec.max_horizon_s * NS)
         newest = v.track[-1][0]
-        while v.pending and v.pending[0][0] + horizon_ns <= newest:
-            t0, window = v.pending.popleft()
-            track = np.array(v.track, dtype=np.float64)
-            if track[0, 0] > t0:
-                continue
-            ts = (track[:, 0] - t0) / NS
-            h = np.asarray(self.spec.horizons_s)
-            target = np.stack([np.interp(h, ts, track[:, 1]), np.interp(h, ts, track[:, 2])], 1)
-            with self._truth_lock:
-                self._truth.append((window, target.astype(np.float32)))
+        ready = 0
+        while ready < len(v.pending) and v.pending[ready][0] + horizon_ns <= newest:
+            ready += 1
+        if not ready:
+            return
+        done = [v.pending.popleft() for _ in range(ready)]
+        track = np.array(v.track, dtype=np.float64)
+        targets, ok = window.labels(
+            track[:, 0].astype(np.int64),
+            track[:, 1],
+            track[:, 2],
+            [t0 for t0, _ in done],
+            self.spec.horizons_s,
+        )
+        now = self._clock()
+        with self._truth_lock:
+            for (_, w), target, good in zip(done, targets.astype(np.float32), ok, strict=True):
+                if good:
+                    self._truth.append((w, target, now))
 
-    def truth(self) -> tuple[np.ndarray, np.ndarray]:
-        """Snapshot of recent ground truth: windows ``[N, T, 7]`` and positions ``[N, K, 2]``."""
+    def truth(self, within_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Recent ground truth: windows ``[N, T, 7]`` and positions ``[N, K, 2]``, oldest
+        first; only what was labelled in the last ``within_s`` seconds if given."""
         with self._truth_lock:
             items = list(self._truth)
+        if within_s is not None:
+            since = self._clock() - within_s
+            items = [it for it in items if it[2] >= since]
         if not items:
             k = len(self.spec.horizons_s)
             return (
                 np.zeros((0, self.spec.history, 7), np.float32),
                 np.zeros((0, k, 2), np.float32),
             )
-        return np.stack([w for w, _ in items]), np.stack([t for _, t in items])
+        return np.stack([w for w, _, _ in items]), np.stack([t for _, t, _ in items])
 
     def add_truth(self, windows: np.ndarray, targets: np.ndarray) -> None:
         """Seed ground truth directly (tests, or a warm restart)."""
+        now = self._clock()
         with self._truth_lock:
-            self._truth.extend(zip(windows, targets, strict=True))
+            self._truth.extend((w, t, now) for w, t in zip(windows, targets, strict=True))
 
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget vehicles last seen on ``partitions`` (revoked); returns how many."""

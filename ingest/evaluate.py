@@ -2,8 +2,8 @@
 
 Calibrates the simulator (constant-velocity error should look like real drives) and sets
 the bar a learned model must clear. The predictors are the shared ``schemas.kinematics``
-ones (the inference fallback and the report use the same). Truth is interpolated in time,
-never by index.
+ones (the inference fallback and the report use the same); truth is the
+:mod:`schemas.window` label rule (interpolated in time, never across a gap).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from schemas import window
 from schemas.kinematics import predict_ctrv, predict_cv
 from schemas.model_spec import DEFAULT_SPEC
 
@@ -80,16 +81,12 @@ def baseline_errors(
         order = np.argsort(tr["t_event_ns"][tsel], kind="stable")
         tsel = tsel[order]
         tt, tx, ty = tr["t_event_ns"][tsel], tr["x"][tsel], tr["y"][tsel]
-        ok = (t >= tt[0]) & (t + int(h_max * 1e9) <= tt[-1])
+        gt, ok = window.labels(tt, tx, ty, t, taus.tolist())
         if not ok.any():
             continue
         f = {k: a[ok] for k, a in f.items()}
-        target = (t[ok][:, None] + np.round(taus * 1e9).astype(np.int64)).astype(np.float64)
-        rel = target - tt[0]
         px, py = _predict(model, f, taus)
-        ex = px - np.interp(rel, (tt - tt[0]).astype(np.float64), tx)
-        ey = py - np.interp(rel, (tt - tt[0]).astype(np.float64), ty)
-        errs.append(np.hypot(ex, ey))
+        errs.append(np.hypot(px - gt[ok][..., 0], py - gt[ok][..., 1]))
         if has_label:
             idx = np.clip(np.searchsorted(tt, t[ok]), 0, len(tt) - 1)
             labels.append(tr_lab[tsel][idx])

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from schemas import window
 from schemas.kinematics import displacement_errors, predict_ctrv, predict_cv
 from schemas.prediction import Prediction
 from schemas.sensor import SensorFrame
@@ -23,8 +24,6 @@ from schemas.stats import nearest_rank
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 STAGES = ("kafka_in", "queue", "compute", "publish", "kafka_out")
-#: Ground truth is interpolated only between samples at most this far apart.
-MAX_TRUTH_GAP_S = 1.0
 
 
 def percentiles_ms(values_ns: Iterable[float]) -> dict[str, float]:
@@ -81,6 +80,7 @@ class TruthTracks:
     """Per-vehicle position tracks to interpolate ground truth from, in time."""
 
     tracks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """vehicle_id -> (t_ns int64, x, y), sorted by time."""
 
     @classmethod
     def from_points(cls, points: Iterable[tuple[str, int, float, float]]) -> TruthTracks:
@@ -90,22 +90,20 @@ class TruthTracks:
             rows[vid].append((t, x, y))
         tracks = {}
         for vid, pts in rows.items():
-            arr = np.array(sorted(set(pts)), dtype=np.float64)
-            tracks[vid] = (arr[:, 0] / 1e9, arr[:, 1], arr[:, 2])
+            ordered = sorted(set(pts))
+            t_ns = np.array([p[0] for p in ordered], dtype=np.int64)
+            xy = np.array([p[1:] for p in ordered], dtype=np.float64).reshape(-1, 2)
+            tracks[vid] = (t_ns, xy[:, 0], xy[:, 1])
         return cls(tracks)
 
-    def at(self, vehicle_id: str, times_s: np.ndarray) -> np.ndarray | None:
-        """``[K, 2]`` positions at ``times_s``, or None if any falls outside/over a gap."""
+    def at(self, vehicle_id: str, times_ns: np.ndarray) -> np.ndarray | None:
+        """``[K, 2]`` positions at ``times_ns``, or None if any is outside the track or over
+        a gap (the :mod:`schemas.window` label rule the trainer learns from)."""
         track = self.tracks.get(vehicle_id)
         if track is None:
             return None
-        t, x, y = track
-        if len(t) < 2 or times_s.min() < t[0] or times_s.max() > t[-1]:
-            return None
-        hi = np.clip(np.searchsorted(t, times_s), 1, len(t) - 1)
-        if np.any(t[hi] - t[hi - 1] > MAX_TRUTH_GAP_S):
-            return None
-        return np.stack([np.interp(times_s, t, x), np.interp(times_s, t, y)], -1)
+        pos, ok = window.interpolate(*track, times_ns)
+        return pos if ok.all() else None
 
 
 def accuracy_summary(
@@ -126,7 +124,7 @@ def accuracy_summary(
         if frame is None:
             continue
         horizons = p.horizons_s
-        gt = truth.at(p.vehicle_id, p.t_event_ns / 1e9 + np.asarray(horizons))
+        gt = truth.at(p.vehicle_id, window.label_times_ns(p.t_event_ns, horizons)[0])
         if gt is None:
             continue
         args = (frame.x, frame.y, frame.speed, frame.heading)

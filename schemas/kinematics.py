@@ -1,6 +1,6 @@
-"""Physics baselines shared by every stage: constant velocity (CV) and constant turn rate
-and velocity (CTRV). The inference fallback, the trainer's online metrics and the report
-all score against these same functions.
+"""Physics baselines shared by every stage: constant velocity (CV), constant acceleration
+(CA) and constant turn rate and velocity (CTRV). The inference fallback, the trainer's
+online metrics and the report all score against these same functions.
 
 Inputs are arrays (or scalars) in the units of schemas.sensor; the result is
 ``[N, len(horizons_s), 2]`` absolute x/y.
@@ -34,6 +34,27 @@ def predict_cv(
     x, y, v, h = _prep(x, y, speed, heading)
     t = np.asarray(horizons_s, dtype=np.float64)[None, :]
     dist = v[:, None] * t
+    return np.stack(
+        [x[:, None] + dist * np.cos(h)[:, None], y[:, None] + dist * np.sin(h)[:, None]], -1
+    )
+
+
+def predict_ca(
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    speed: npt.ArrayLike,
+    heading: npt.ArrayLike,
+    accel: npt.ArrayLike,
+    horizons_s: Sequence[float],
+) -> Array:
+    """Straight line along the heading at constant acceleration; a braking vehicle stops
+    (it never reverses)."""
+    x, y, v, h, a = _prep(x, y, speed, heading, accel)
+    t = np.asarray(horizons_s, dtype=np.float64)[None, :]
+    braking = a < 0
+    t_stop = np.where(braking, v / np.where(braking, -a, 1.0), np.inf)[:, None]
+    tt = np.minimum(t, t_stop)
+    dist = v[:, None] * tt + 0.5 * a[:, None] * tt**2
     return np.stack(
         [x[:, None] + dist * np.cos(h)[:, None], y[:, None] + dist * np.sin(h)[:, None]], -1
     )

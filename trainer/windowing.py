@@ -1,26 +1,25 @@
 """Per-vehicle windows with delayed labels: frames in, (history, future positions) out.
 
 A frame at t becomes the newest frame ("anchor") of a sample once a frame at
-t + max horizon (+ allowed lateness) has arrived. Ground truth at each horizon is
-interpolated in time between the two frames around it, never taken by index, so irregular
-and missing frames give correct labels or no sample at all (see the gap limits; the history
-gap limit is ``InputSpec.max_gap_s``, the same one serving applies).
+t + max horizon (+ allowed lateness) has arrived. The window layout, the history gap test
+and the time-interpolated labels are the shared contract of :mod:`schemas.window`, so
+serving, the report and the importer's evaluation read windows and truth the same way.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from schemas import window
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
 from trainer.config import WindowConfig
 
-NS = 1_000_000_000
+NS = window.NS
 
 
 def is_holdout(vehicle_id: str, fraction: float) -> bool:
@@ -135,42 +134,33 @@ class Windower:
             return None
         times = v.times
         t0 = times[a]
-        hist = times[a + 1 - n : a + 1]
-        max_gap = round(self.spec.max_gap_s * NS)  # the serving contract's limit
-        if any(b - a_ > max_gap for a_, b in itertools.pairwise(hist)):
+        hist = v.frames[a + 1 - n : a + 1]
+        if window.has_gap(times[a + 1 - n : a + 1], self.spec.max_gap_s):
             self.stats.skipped_history += 1
             return None
-        label_gap = round(self.config.max_label_gap_s * NS)
-        target = np.empty((len(self._horizons_ns), 2), dtype=np.float32)
-        right = a
-        for k, h in enumerate(self._horizons_ns):
-            tt = t0 + h
-            j = bisect.bisect_left(times, tt, lo=a)
-            if j < len(times) and times[j] == tt:
-                target[k] = (v.frames[j].x, v.frames[j].y)
-                right = j
-                continue
-            lo, hi = v.frames[j - 1], v.frames[j]
-            if times[j] - times[j - 1] > label_gap:
-                self.stats.skipped_label += 1
-                return None
-            w = (tt - times[j - 1]) / (times[j] - times[j - 1])
-            target[k] = (lo.x + w * (hi.x - lo.x), lo.y + w * (hi.y - lo.y))
-            right = j
-        window = np.array(
-            [
-                ((t - t0) / NS, f.x, f.y, f.speed, f.heading, f.yaw_rate, f.accel)
-                for t, f in zip(hist, v.frames[a + 1 - n : a + 1], strict=True)
-            ],
-            dtype=np.float32,
+        # the track from the anchor on: the frames the labels interpolate between
+        end = min(bisect.bisect_left(times, t0 + self._horizons_ns[-1], lo=a) + 1, len(times))
+        track = v.frames[a:end]
+        target, ok = window.labels(
+            times[a:end],
+            [f.x for f in track],
+            [f.y for f in track],
+            [t0],
+            self.spec.horizons_s,
+            self.config.max_label_gap_s,
         )
+        if not ok[0]:
+            self.stats.skipped_label += 1
+            return None
+        right = end - 1
+        rows = [(f.t_event_ns, f.x, f.y, f.speed, f.heading, f.yaw_rate, f.accel) for f in hist]
         return Sample(
             vehicle_id=vehicle_id,
             t_anchor_ns=t0,
             t_label_ns=times[right],
             t_label_produce_ns=v.produced[right],
-            window=window,
-            target=target,
+            window=window.window_rows(rows),
+            target=target[0].astype(np.float32),
             holdout=is_holdout(vehicle_id, self.config.holdout_fraction),
         )
 

@@ -1,4 +1,4 @@
-"""CV and CTRV baselines against analytic trajectories."""
+"""CV, CA and CTRV baselines against analytic trajectories."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from schemas.kinematics import displacement_errors, predict_ctrv, predict_cv
+from schemas.kinematics import displacement_errors, predict_ca, predict_ctrv, predict_cv
 
 H = (0.5, 1.0, 2.0, 3.0)
 
@@ -45,3 +45,12 @@ def test_errors_are_euclidean_per_horizon():
     errors = displacement_errors(pred, truth)
     assert errors.shape == (2, 4)
     assert errors[1, 3] == 5.0 and errors.sum() == 5.0
+
+
+def test_ca_accelerates_along_heading_and_a_braking_vehicle_stops() -> None:
+    out = predict_ca([0.0, 0.0], [0.0, 0.0], [10.0, 4.0], [0.0, math.pi / 2], [2.0, -2.0], H)
+    np.testing.assert_allclose(out[0, :, 0], [10 * h + h * h for h in H])
+    np.testing.assert_allclose(out[0, :, 1], 0.0, atol=1e-12)
+    # 4 m/s braking at 2 m/s^2 stops after 2 s and 4 m; it never reverses
+    np.testing.assert_allclose(out[1, -2:, 1], [4.0, 4.0])
+    np.testing.assert_allclose(out[1, 0, 1], 4 * 0.5 - 0.25)

@@ -146,12 +146,13 @@ def test_accuracy_against_truth_beside_cv_and_ctrv():
 
 def test_truth_is_not_invented_beyond_the_track_or_over_gaps():
     truth = TruthTracks.from_points(
-        [("a", 0, 0.0, 0.0), ("a", 10**9, 1.0, 0.0), ("a", 5 * 10**9, 5.0, 0.0)]
+        [("a", 0, 0.0, 0.0), ("a", 4 * 10**8, 0.4, 0.0), ("a", 5 * 10**9, 5.0, 0.0)]
     )
-    assert truth.at("a", np.array([0.5])) == pytest.approx(np.array([[0.5, 0.0]]))
-    assert truth.at("a", np.array([2.0])) is None  # inside a 4 s gap
-    assert truth.at("a", np.array([6.0])) is None  # after the end
-    assert truth.at("b", np.array([0.5])) is None
+    s = 10**9
+    assert truth.at("a", np.array([s // 5])) == pytest.approx(np.array([[0.2, 0.0]]))
+    assert truth.at("a", np.array([2 * s])) is None  # inside a 4 s gap
+    assert truth.at("a", np.array([6 * s])) is None  # after the end
+    assert truth.at("b", np.array([s // 2])) is None
 
 
 def test_table_shows_the_figures():
