@@ -101,8 +101,15 @@ class Answerer:
                     [it], out[i : i + 1, :, 0].tolist(), out[i : i + 1, :, 1].tolist(), answer
                 )
 
-    def fallback(self, items: list[Pending], reason: str, horizons: tuple[float, ...]) -> None:
-        """Answer ``items`` from their newest frame with CV or CTRV, labelled ``reason``."""
+    def fallback(
+        self,
+        items: list[Pending],
+        reason: str,
+        horizons: tuple[float, ...],
+        physics: str = fallback.CTRV,
+    ) -> None:
+        """Answer ``items`` from their newest frame, labelled ``reason``: with CV if
+        ``physics`` is 'cv', else CTRV (CV below ``cv_yaw_eps``)."""
         if not items:
             return
         t_start = now_ns()
@@ -111,7 +118,8 @@ class Answerer:
             for it in items
         ]
         x, y, v, h, w = np.array(states, dtype=np.float64).T
-        out, turning = fallback.predict(x, y, v, h, w, horizons, self.config.cv_yaw_eps)
+        yaw_eps = np.inf if physics == fallback.CV else self.config.cv_yaw_eps
+        out, turning = fallback.predict(x, y, v, h, w, horizons, yaw_eps)
         t_end = now_ns()
         names = [fallback.CTRV if t else fallback.CV for t in turning.tolist()]
         answer = Answer(horizons, -1, names, "fallback", reason, t_start, t_end)

@@ -34,10 +34,17 @@ class ServeConfig:
     metrics_host: str = setting("0.0.0.0", "address the metrics server binds")
     commit_interval_ms: int = setting(1000, "how often to flush predictions and commit offsets")
     max_poll_records: int = setting(500, "records taken per consumer poll")
-    reject_ratio: float = setting(1.5, "reject a model whose ADE > ratio * baseline ADE + margin")
-    reject_margin_m: float = setting(0.5, "margin of that test, metres")
+    accuracy_tolerance: float = setting(
+        0.1, "reject a model > this fraction worse than the serving one (or physics)"
+    )
     min_truth_samples: int = setting(16, "ground-truth windows needed before comparing accuracy")
-    truth_capacity: int = setting(512, "recent ground-truth windows kept")
+    truth_capacity: int = setting(4096, "recent ground-truth windows kept")
+    truth_every: int = setting(2, "keep every N-th window of a vehicle as ground truth")
+    gate_window_s: float = setting(30.0, "never-worse gate: judge on truth of the last N seconds")
+    gate_min_samples: int = setting(20, "never-worse gate: truth windows before a model answers")
+    gate_rejoin_margin: float = setting(
+        0.02, "never-worse gate: a model must beat physics by this fraction to (re)join"
+    )
     cv_yaw_eps: float = setting(1e-3, "|yaw rate| below this uses constant velocity, rad/s")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -52,9 +59,12 @@ class ServeConfig:
             (0 <= self.metrics_port < 65536, f"metrics_port must be 0..65535: {self.metrics_port}"),
             (self.commit_interval_ms >= 1, "commit_interval_ms must be >= 1"),
             (self.max_poll_records >= 1, "max_poll_records must be >= 1"),
-            (self.reject_ratio >= 1.0, f"reject_ratio must be >= 1, got {self.reject_ratio}"),
-            (self.reject_margin_m >= 0, "reject_margin_m must be >= 0"),
+            (self.accuracy_tolerance >= 0, "accuracy_tolerance must be >= 0"),
             (self.min_truth_samples >= 1, "min_truth_samples must be >= 1"),
+            (self.truth_every >= 1, "truth_every must be >= 1"),
+            (self.gate_window_s > 0, "gate_window_s must be > 0"),
+            (self.gate_min_samples >= 1, "gate_min_samples must be >= 1"),
+            (0 <= self.gate_rejoin_margin < 1, "gate_rejoin_margin must be in [0, 1)"),
             (self.truth_capacity >= self.min_truth_samples, "truth_capacity < min_truth_samples"),
             (self.cv_yaw_eps >= 0, "cv_yaw_eps must be >= 0"),
             (bool(self.group_id), "group_id must not be empty"),

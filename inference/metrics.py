@@ -107,6 +107,29 @@ class ServeMetrics:
             "drivestream_inference_model_version", "Serving model version (-1: none)", registry=r
         )
         self.model_version.set(-1)
+        self.gate_predictor = Gauge(
+            "drivestream_inference_gate_predictor",
+            "1 for the predictor answering what the model could answer (model, cv or ctrv)",
+            ["predictor"],
+            registry=r,
+        )
+        self.gate_fde = Gauge(
+            "drivestream_inference_gate_fde_meters",
+            "Mean error at the longest horizon on recent ground truth, per predictor",
+            ["predictor"],
+            registry=r,
+        )
+        self.gate_samples = Gauge(
+            "drivestream_inference_gate_truth_windows",
+            "Ground-truth windows the last gate verdict was judged on",
+            registry=r,
+        )
+        self.gate_switches = Counter(
+            "drivestream_inference_gate_switches",
+            "Changes of the answering predictor, by the new predictor and its reason",
+            ["predictor", "reason"],
+            registry=r,
+        )
         self.swaps = Counter(
             "drivestream_inference_swaps", "Model swap outcomes", ["outcome", "reason"], registry=r
         )

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from inference.answer import Answerer
 from inference.batching import MicroBatcher, Pending
 from inference.config import ServeConfig
+from inference.gate import MODEL, GatePolicy, PredictorGate, Verdict
 from inference.history import HistoryStore
 from inference.metrics import MetricsServer, ServeMetrics
 from inference.output import Output
@@ -50,17 +51,35 @@ class InferenceService:
         self.config = config
         self.settings = settings or KafkaSettings.from_env(bootstrap=config.bootstrap)
         self.metrics = ServeMetrics()
-        self.history = HistoryStore(DEFAULT_SPEC, truth_capacity=config.truth_capacity)
+        self.history = HistoryStore(
+            DEFAULT_SPEC, truth_capacity=config.truth_capacity, truth_every=config.truth_every
+        )
         policy = ValidationPolicy(
             device=config.device,
             intra_op_threads=config.intra_op_threads,
             batch_shapes=config.batch_shapes,
-            reject_ratio=config.reject_ratio,
-            reject_margin_m=config.reject_margin_m,
+            tolerance=config.accuracy_tolerance,
             min_truth_samples=config.min_truth_samples,
             yaw_eps=config.cv_yaw_eps,
         )
-        self.swapper = ModelSwapper(policy, self.history.truth, self.metrics, config.model_name)
+        gate_policy = GatePolicy(
+            window_s=config.gate_window_s,
+            min_samples=config.gate_min_samples,
+            rejoin_margin=config.gate_rejoin_margin,
+            yaw_eps=config.cv_yaw_eps,
+        )
+        self.gate = PredictorGate(
+            gate_policy, self.history.truth, lambda: self.history.spec.horizons_s, self.metrics
+        )
+        self.swapper = ModelSwapper(
+            policy,
+            lambda: self.history.truth(config.gate_window_s),
+            self.metrics,
+            config.model_name,
+            self.gate,
+        )
+        self._verdict: Verdict = self.gate.verdict(-1)
+        """Who answers what the model could, per the gate; refreshed once per poll."""
         self.batcher = MicroBatcher(config.max_batch, config.max_wait_us * 1000)
         self.model: LoadedModel | None = None
         self.assigned: set[tuple[str, int]] = set()
@@ -196,6 +215,7 @@ class InferenceService:
         self._mark_loop()
         self.output.check_delivery()
         self._maybe_swap()
+        self._verdict = self.gate.verdict(self.model.version if self.model else -1)
         wait = self.batcher.wait_ns(now_ns())
         timeout_ms = 100 if wait is None else wait // MS
         msgs = self._consumer.poll(
@@ -275,6 +295,8 @@ class InferenceService:
             self._deferred.append((item, "out_of_order"))
         elif (why := self.history.unusable(vid)) is not None:  # "warmup" or "gap"
             self._deferred.append((item, why))
+        elif self._verdict.predictor != MODEL:  # "unproven" or "physics_better"
+            self._deferred.append((item, self._verdict.reason))
         elif not self.answerer.in_time(item, len(self.batcher) + 1, now, self._wait_for(now)):
             self._deferred.append((item, "late"))
         else:
@@ -307,7 +329,7 @@ class InferenceService:
 
     def _answer_fallback(self, items: list[Pending], reason: str) -> None:
         horizons = self.model.spec.horizons_s if self.model else self.history.spec.horizons_s
-        self.answerer.fallback(items, reason, horizons)
+        self.answerer.fallback(items, reason, horizons, self._verdict.physics)
 
     # --- offsets and rebalancing ---------------------------------------------------------
     def _flush_batches(self) -> None:

@@ -2,7 +2,9 @@
 
 The watcher thread builds a :class:`LoadedModel` and parks it in a one-slot mailbox; the
 serving loop takes it between batches (a reference swap, no pause) and hands the old one
-back to be released here, so tearing a session down never costs the serving thread.
+back to be released here, so tearing a session down never costs the serving thread. The
+same thread judges the newest model against physics (:mod:`inference.gate`): before the
+swap, then every ``GatePolicy.every_s``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from inference.errors import ModelRejected
+from inference.gate import PredictorGate
 from inference.metrics import ServeMetrics
 from inference.runtime import LoadedModel
 from inference.validate import ValidationPolicy, validate
@@ -35,8 +38,10 @@ class ModelSwapper:
         truth: TruthFn,
         metrics: ServeMetrics,
         model_name: str = "",
+        gate: PredictorGate | None = None,
     ) -> None:
         self.policy, self._truth, self.metrics, self.model_name = policy, truth, metrics, model_name
+        self.gate = gate
         self._lock = threading.Lock()
         self._ready: LoadedModel | None = None
         self._accepted: LoadedModel | None = None
@@ -73,6 +78,8 @@ class ModelSwapper:
             self.metrics.swaps.labels(outcome="rejected", reason=exc.reason).inc()
             self.rejections = [*self.rejections[-99:], exc]
             return None
+        if self.gate is not None:
+            self.gate.judge(model)  # the verdict is there before the loop takes the model
         with self._lock:
             if self._ready is not None:
                 self._retired.append(self._ready)
@@ -98,6 +105,11 @@ class ModelSwapper:
             self.metrics.swaps.labels(outcome="rejected", reason="undecodable").inc()
             return None
         return self.offer(env)
+
+    def tick(self) -> None:
+        """Re-judge the newest accepted model (or physics alone) when the gate is due."""
+        if self.gate is not None and self.gate.due():
+            self.gate.judge(self._accepted)
 
     def take_ready(self) -> LoadedModel | None:
         """Called by the serving loop between batches; cheap when nothing is waiting."""
@@ -141,6 +153,7 @@ class ModelWatcher(threading.Thread):
             while not self._halt.is_set():
                 msgs = consumer.poll(timeout_ms=200, max_records=64)
                 self.swapper.release_retired()
+                self.swapper.tick()
                 if not self.caught_up.is_set():
                     backlog.extend(msgs)
                     if consumer.reached(end):

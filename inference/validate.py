@@ -1,9 +1,10 @@
 """Checks a published model must pass before it may serve.
 
 Order: digest, ONNX checker, session build, input/output signature, finite outputs on a
-canary batch, accuracy on recent ground truth against the serving model (or the physics
-fallback when nothing serves yet), then warm-up on every batch shape. Each failure raises
-ModelRejected with a short reason label.
+canary batch, accuracy on recent ground truth against what it would replace (the serving
+model, else the best physics predictor), then warm-up on every batch shape. Each failure
+raises ModelRejected with a short reason label. Passing is not serving: the never-worse gate
+(:mod:`inference.gate`) still decides, continuously, whether the model or physics answers.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from inference import fallback
 from inference.errors import ModelRejected
+from inference.gate import physics_predictions
 from inference.runtime import LoadedModel, build_session
 from schemas.envelope import ModelEnvelope
 from schemas.errors import ValidationError
@@ -31,15 +32,17 @@ class ValidationPolicy:
     device: str = "auto"
     intra_op_threads: int = 1
     batch_shapes: tuple[int, ...] = (1,)
-    reject_ratio: float = 1.5
-    reject_margin_m: float = 0.5
+    tolerance: float = 0.1
+    """Reject a model whose error is more than this fraction above its baseline's..."""
+    slack_m: float = 0.05
+    """...plus this many metres (GNSS noise: no model beats a zero-error baseline)."""
     min_truth_samples: int = 16
     yaw_eps: float = 1e-3
 
 
-def ade(pred: np.ndarray, target: np.ndarray) -> float:
-    """Average displacement error over samples and horizons, metres."""
-    return float(np.mean(np.linalg.norm(pred.astype(np.float64) - target, axis=-1)))
+def fde(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean error at the longest horizon, metres (what the never-worse gate compares)."""
+    return float(np.mean(np.linalg.norm(pred[:, -1].astype(np.float64) - target[:, -1], axis=-1)))
 
 
 def canary_windows(spec: InputSpec, n: int = 8) -> np.ndarray:
@@ -56,6 +59,10 @@ def canary_windows(spec: InputSpec, n: int = 8) -> np.ndarray:
         out[i, :, 4] = np.arctan2(np.sin(heading), np.cos(heading))
         out[i, :, 5] = w
     return out
+
+
+def _second(pair: tuple[str, float]) -> float:
+    return pair[1]
 
 
 def _dim_ok(dim: object, expected: int) -> bool:
@@ -123,21 +130,20 @@ def validate(
     same_shape = windows.ndim == 3 and windows.shape[1] == env.input_spec.history
     same_horizons = serving is None or serving.spec.horizons_s == env.input_spec.horizons_s
     if len(windows) >= policy.min_truth_samples and same_shape and same_horizons:
-        new_ade = ade(_run(model, windows), targets)
+        new_fde = fde(_run(model, windows), targets)
         if serving is not None and serving.spec.history == env.input_spec.history:
-            base_name, base_ade = f"v{serving.version}", ade(serving.run(windows), targets)
+            base_name, base_fde = f"v{serving.version}", fde(serving.run(windows), targets)
         else:
-            pred = fallback.predict_windows(windows, env.input_spec.horizons_s, policy.yaw_eps)
-            base_name, base_ade = "physics fallback", ade(pred, targets)
-        limit = policy.reject_ratio * base_ade + policy.reject_margin_m
-        if new_ade > limit:
+            preds = physics_predictions(windows, env.input_spec.horizons_s, policy.yaw_eps)
+            base_name, base_fde = min(((n, fde(p, targets)) for n, p in preds.items()), key=_second)
+        limit = (1 + policy.tolerance) * base_fde + policy.slack_m
+        if new_fde > limit:
             raise ModelRejected(
                 "accuracy",
-                f"ADE {new_ade:.3f} m on {len(windows)} recent windows > {limit:.3f} m "
-                f"({policy.reject_ratio}x {base_name} ADE {base_ade:.3f} m + "
-                f"{policy.reject_margin_m} m)",
+                f"FDE {new_fde:.3f} m on {len(windows)} recent windows > {limit:.3f} m "
+                f"({base_name} {base_fde:.3f} m + {policy.tolerance:.0%} + {policy.slack_m} m)",
             )
-        log.info("v%d ADE %.3f m vs %s %.3f m", env.version, new_ade, base_name, base_ade)
+        log.info("v%d FDE %.3f m vs %s %.3f m", env.version, new_fde, base_name, base_fde)
     else:
         log.info("v%d: %d ground-truth windows, accuracy gate skipped", env.version, len(windows))
     model.warm_up(policy.batch_shapes)

@@ -14,6 +14,7 @@ import pytest
 from inference.batching import Pending
 from inference.config import ServeConfig
 from inference.errors import DeliveryError
+from inference.gate import MODEL, Verdict
 from inference.rebalance import RebalanceDrain
 from inference.service import InferenceService
 from schemas.headers import now_ns
@@ -121,8 +122,11 @@ def make_service(batches=(), **kw) -> tuple[InferenceService, FakeProducer, Fake
 
 
 def serve(svc: InferenceService, spec: InputSpec) -> None:
+    """Serve a stub model that the never-worse gate has judged better than physics."""
     svc.model = StubModel(spec)  # type: ignore[assignment]
     svc.history.set_spec(spec)
+    svc.gate._record(Verdict(predictor=MODEL, version=svc.model.version))
+    svc._verdict = svc.gate.verdict(svc.model.version)
 
 
 def test_offset_advances_only_after_every_frame_of_the_record_is_answered() -> None:
@@ -184,6 +188,30 @@ def test_failure_reported_between_flushes_stops_the_next_step() -> None:
         svc.step()
     svc._commit()
     assert consumer.commits == []
+
+
+def test_physics_answers_while_the_gate_finds_the_model_worse_and_the_model_after() -> None:
+    svc, producer, _ = make_service()
+    serve(svc, InputSpec(history=2))
+    for seq in range(2):
+        svc._handle(record(seq, [frame("a", seq)]), now_ns())
+    svc._answer_deferred()
+    svc._flush_batches()
+    verdict = Verdict(predictor="cv", reason="physics_better", version=svc.model.version)
+    svc.gate._record(verdict)
+    svc._verdict = svc.gate.verdict(svc.model.version)
+    svc._handle(record(2, [frame("a", 2)]), now_ns())
+    svc._flush_batches()
+    svc.gate._record(Verdict(predictor=MODEL, version=svc.model.version))
+    svc._verdict = svc.gate.verdict(svc.model.version)
+    svc._handle(record(3, [frame("a", 3)]), now_ns())
+    svc._flush_batches()
+    answers = [(p.seq, p.source, p.reason, p.model_name) for p in producer.predictions()]
+    assert answers[1:] == [
+        (1, "model", "", "stub"),
+        (2, "fallback", "physics_better", "cv"),  # the gate's choice of physics, and why
+        (3, "model", "", "stub"),
+    ]
 
 
 def test_window_wider_than_the_models_max_gap_falls_back_with_reason_gap() -> None:
@@ -283,9 +311,9 @@ def test_stale_frames_of_one_poll_are_answered_together_in_arrival_order() -> No
     runs: list[tuple[str, int]] = []
     fallback = svc.answerer.fallback
 
-    def counting(items, reason, horizons):
+    def counting(items, reason, horizons, physics):
         runs.append((reason, len(items)))
-        fallback(items, reason, horizons)
+        fallback(items, reason, horizons, physics)
 
     svc.answerer.fallback = counting  # type: ignore[method-assign]
     svc.step()

@@ -1,0 +1,205 @@
+"""Never worse than physics: which predictor answers, decided on recent ground truth.
+
+The serving model, constant velocity (CV) and constant turn rate (CTRV, the fallback's rule:
+CV below ``yaw_eps``) are scored on the same recent windows whose future positions have
+arrived (:meth:`inference.history.HistoryStore.truth`), by their mean error at the longest
+horizon. The model answers only while it is better than the best physics predictor; otherwise
+that physics predictor answers every frame the model would have, flagged ``physics_better``
+(``unproven`` while too little truth exists to compare). A model that lost its place, or a new
+version, must beat physics by ``rejoin_margin`` to (re)gain it, so the choice does not
+flicker. Judging runs on the model watcher's thread, never on the serving loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inference import fallback
+from inference.metrics import ServeMetrics
+from inference.runtime import LoadedModel
+from schemas import kinematics
+
+log = logging.getLogger(__name__)
+
+MODEL = "model"
+PHYSICS = (fallback.CV, fallback.CTRV)
+PREDICTORS = (MODEL, *PHYSICS)
+
+TruthFn = Callable[[float], tuple[np.ndarray, np.ndarray]]
+HorizonsFn = Callable[[], tuple[float, ...]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatePolicy:
+    """How much recent truth decides, and how clear a win must be."""
+
+    window_s: float = 30.0
+    """Judge on ground truth labelled in the last this many seconds."""
+    min_samples: int = 20
+    """Fewer truth windows than this: the model is unproven and physics answers."""
+    rejoin_margin: float = 0.02
+    """A model not answering must beat physics by this fraction to answer."""
+    every_s: float = 1.0
+    """How often the serving model is re-judged."""
+    yaw_eps: float = kinematics.STRAIGHT_YAW_RATE
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """Who answers for model version ``version`` (-1: no model), and why."""
+
+    predictor: str
+    reason: str = ""
+    """'' when the model answers; else 'unproven' or 'physics_better'."""
+    version: int = -1
+    fde_m: dict[str, float] = field(default_factory=dict)
+    """Mean error at the longest horizon per predictor on the judged windows."""
+    samples: int = 0
+
+    @property
+    def physics(self) -> str:
+        """The physics predictor to answer with when the model does not."""
+        return self.predictor if self.predictor in PHYSICS else self.best_physics
+
+    @property
+    def best_physics(self) -> str:
+        if not self.fde_m:
+            return fallback.CTRV
+        return min(PHYSICS, key=lambda p: self.fde_m.get(p, np.inf))
+
+
+def physics_predictions(
+    windows: np.ndarray, horizons_s: tuple[float, ...], yaw_eps: float
+) -> dict[str, np.ndarray]:
+    """CV and the CTRV fallback from the newest row of each window: ``[N, K, 2]`` each."""
+    last = windows[:, -1, :].astype(np.float64)
+    cv = kinematics.predict_cv(last[:, 1], last[:, 2], last[:, 3], last[:, 4], horizons_s)
+    return {
+        fallback.CV: cv,
+        fallback.CTRV: fallback.predict_windows(windows, horizons_s, yaw_eps),
+    }
+
+
+class PredictorGate:
+    """Holds the newest verdict per model version; thread-safe reads for the serving loop."""
+
+    def __init__(
+        self,
+        policy: GatePolicy,
+        truth: TruthFn,
+        horizons: HorizonsFn,
+        metrics: ServeMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy, self._truth, self.metrics, self._clock = policy, truth, metrics, clock
+        self._horizons = horizons
+        self._verdicts: dict[int, Verdict] = {}
+        self._lock = threading.Lock()
+        self._last = -np.inf
+        self.switches: list[tuple[int, str, str]] = []
+        """(version, predictor, reason) each time the answering predictor changed."""
+        self._current = Verdict(predictor=fallback.CTRV, reason="unproven")
+
+    def verdict(self, version: int) -> Verdict:
+        """The verdict for ``version`` (a version never judged is unproven)."""
+        v = self._verdicts.get(version)
+        if v is None:
+            return Verdict(predictor=self._current.physics, reason="unproven", version=version)
+        return v
+
+    def due(self) -> bool:
+        return self._clock() - self._last >= self.policy.every_s
+
+    def judge(self, model: LoadedModel | None) -> Verdict:
+        """Score ``model`` and physics on recent truth; record and return the verdict."""
+        self._last = self._clock()
+        windows, targets = self._truth(self.policy.window_s)
+        version = model.version if model is not None else -1
+        fits = model is None or (
+            windows.ndim == 3
+            and windows.shape[1] == model.spec.history
+            and targets.shape[1] == len(model.spec.horizons_s)
+        )
+        fits = fits and targets.shape[1] == len(self._horizons())
+        if len(windows) == 0 or not fits:
+            verdict = Verdict(predictor=self._current.physics, reason="unproven", version=version)
+            return self._record(verdict)
+        horizons = model.spec.horizons_s if model is not None else self._horizons()
+        preds = physics_predictions(windows, horizons, self.policy.yaw_eps)
+        if model is not None:
+            try:
+                preds[MODEL] = model.run(windows)
+            except Exception:  # a model that cannot run on truth cannot answer either
+                log.exception("v%d failed on %d truth windows", version, len(windows))
+                preds[MODEL] = np.full_like(targets, np.nan)
+        fde = {
+            name: float(np.mean(np.linalg.norm(p[:, -1] - targets[:, -1], axis=-1)))
+            for name, p in preds.items()
+        }
+        fde = {name: (e if np.isfinite(e) else np.inf) for name, e in fde.items()}
+        best = min(PHYSICS, key=lambda p: fde[p])
+        answering = self._verdicts.get(version)
+        was_model = answering is not None and answering.predictor == MODEL
+        if model is None or len(windows) < self.policy.min_samples:
+            reason = "unproven" if model is not None else ""
+            verdict = Verdict(
+                predictor=best
+                if len(windows) >= self.policy.min_samples
+                else self._current.physics,
+                reason=reason,
+                version=version,
+                fde_m=fde,
+                samples=len(windows),
+            )
+            return self._record(verdict)
+        bar = fde[best] if was_model else fde[best] * (1 - self.policy.rejoin_margin)
+        if fde[MODEL] < bar or (was_model and fde[MODEL] <= bar):
+            verdict = Verdict(predictor=MODEL, version=version, fde_m=fde, samples=len(windows))
+        else:
+            verdict = Verdict(
+                predictor=best,
+                reason="physics_better",
+                version=version,
+                fde_m=fde,
+                samples=len(windows),
+            )
+        return self._record(verdict)
+
+    def _record(self, verdict: Verdict) -> Verdict:
+        with self._lock:
+            previous = self._current
+            self._verdicts[verdict.version] = verdict
+            for old in [v for v in self._verdicts if v not in (verdict.version, previous.version)]:
+                del self._verdicts[old]
+            self._current = verdict
+        for name, e in verdict.fde_m.items():
+            if np.isfinite(e):
+                self.metrics.gate_fde.labels(predictor=name).set(e)
+        self.metrics.gate_samples.set(verdict.samples)
+        for name in PREDICTORS:
+            self.metrics.gate_predictor.labels(predictor=name).set(
+                1.0 if verdict.predictor == name else 0.0
+            )
+        if (previous.predictor, previous.reason) != (verdict.predictor, verdict.reason):
+            self.metrics.gate_switches.labels(
+                predictor=verdict.predictor, reason=verdict.reason
+            ).inc()
+            self.switches = [
+                *self.switches[-99:],
+                (verdict.version, verdict.predictor, verdict.reason),
+            ]
+            log.info(
+                "answering with %s%s (v%d; FDE %s on %d truth windows)",
+                verdict.predictor,
+                f" ({verdict.reason})" if verdict.reason else "",
+                verdict.version,
+                {k: round(v, 2) for k, v in verdict.fde_m.items()},
+                verdict.samples,
+            )
+        return verdict

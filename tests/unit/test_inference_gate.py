@@ -1,0 +1,124 @@
+"""The never-worse gate: physics answers whenever the model loses to it on recent truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference import fallback
+from inference.gate import MODEL, GatePolicy, PredictorGate, physics_predictions
+from inference.metrics import ServeMetrics
+from inference.validate import ValidationPolicy, validate
+from schemas.model_spec import DEFAULT_SPEC
+from tests.model_fixtures import cv_onnx, envelope
+
+H = DEFAULT_SPEC.horizons_s
+NO_TRUTH = (np.zeros((0, 10, 7), np.float32), np.zeros((0, 4, 2), np.float32))
+
+
+def windows(n: int, yaw_rate: float = 0.0) -> np.ndarray:
+    """Straight-driving windows at 10 Hz; ``yaw_rate`` is what the sensor *claims*."""
+    rng = np.random.default_rng(0)
+    out = np.zeros((n, 10, 7), np.float32)
+    for i in range(n):
+        v, h = rng.uniform(5, 15), rng.uniform(-3, 3)
+        t = np.arange(-9, 1) / 10
+        out[i, :, 0] = t
+        out[i, :, 1] = v * np.cos(h) * t
+        out[i, :, 2] = v * np.sin(h) * t
+        out[i, :, 3], out[i, :, 4], out[i, :, 5] = v, h, yaw_rate
+    return out
+
+
+class Truth:
+    """Recent ground truth the test sets directly."""
+
+    def __init__(self) -> None:
+        self.value = NO_TRUTH
+
+    def __call__(self, within_s: float) -> tuple[np.ndarray, np.ndarray]:
+        return self.value
+
+
+def cv_targets(w: np.ndarray, shift_x: float = 0.0) -> np.ndarray:
+    out = physics_predictions(w, H, 1e-3)[fallback.CV].astype(np.float32)
+    out[..., 0] += shift_x
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A model that is CV moved 1 m east: exact when the world is, 1 m off when not."""
+    policy = ValidationPolicy(device="cpu", batch_shapes=(1,))
+    return validate(envelope(cv_onnx(offset_m=1.0), 3), policy, None, NO_TRUTH)
+
+
+def make_gate(truth: Truth, **kw) -> tuple[PredictorGate, ServeMetrics]:
+    metrics = ServeMetrics()
+    gate = PredictorGate(GatePolicy(min_samples=20, **kw), truth, lambda: H, metrics)
+    return gate, metrics
+
+
+def test_a_model_without_enough_truth_is_unproven_and_physics_answers(model) -> None:
+    truth = Truth()
+    gate, _ = make_gate(truth)
+    assert gate.verdict(3).predictor != MODEL  # never judged
+    w = windows(10)
+    truth.value = (w, cv_targets(w, 1.0))  # the model would win, but on too little truth
+    v = gate.judge(model)
+    assert (v.predictor, v.reason) == (fallback.CTRV, "unproven")
+
+
+def test_gate_switches_to_physics_and_back_with_the_truth(model) -> None:
+    truth = Truth()
+    gate, metrics = make_gate(truth)
+    w = windows(40)
+    truth.value = (w, cv_targets(w, 1.0))  # the world moved 1 m east: the model is right
+    assert gate.judge(model).predictor == MODEL
+    assert gate.verdict(3).predictor == MODEL
+    truth.value = (w, cv_targets(w))  # now physics is exact and the model 1 m off
+    v = gate.judge(model)
+    assert (v.predictor, v.reason) == (fallback.CV, "physics_better")  # CV ties CTRV here
+    assert v.fde_m[MODEL] == pytest.approx(1.0, abs=1e-3)
+    assert gate.verdict(3).predictor != MODEL
+    truth.value = (w, cv_targets(w, 1.0))
+    assert gate.judge(model).predictor == MODEL  # it comes back when it is better again
+    text = metrics.render().decode()
+    assert 'drivestream_inference_gate_predictor{predictor="model"} 1.0' in text
+    assert (
+        'drivestream_inference_gate_switches_total{predictor="cv",reason="physics_better"} 1.0'
+        in text
+    )
+    assert [s[1:] for s in gate.switches] == [
+        ("model", ""),
+        ("cv", "physics_better"),
+        ("model", ""),
+    ]
+
+
+def test_a_tie_does_not_let_a_model_in_and_a_new_version_must_win_clearly(model) -> None:
+    truth = Truth()
+    gate, _ = make_gate(truth, rejoin_margin=0.1)
+    w = windows(40)
+    # truth = CV + (a, b): physics is 1.05 m off, the model (CV + 1 m east) 1.0 m:
+    # better, but by less than the 10 % margin a model needs to join
+    a = (1.05**2 - 1.0 + 1.0) / 2
+    targets = cv_targets(w, a)
+    targets[..., 1] += np.float32(np.sqrt(1.05**2 - a**2))
+    truth.value = (w, targets)
+    v = gate.judge(model)
+    assert v.fde_m[MODEL] == pytest.approx(1.0, abs=1e-3)
+    assert v.fde_m[fallback.CV] == pytest.approx(1.05, abs=1e-3)
+    assert (v.predictor, v.reason) == (fallback.CV, "physics_better")
+
+
+def test_best_physics_is_chosen_from_the_truth_not_assumed(model) -> None:
+    truth = Truth()
+    gate, _ = make_gate(truth)
+    w = windows(40, yaw_rate=0.3)  # a yaw-rate sensor that lies: CTRV curves, the car does not
+    truth.value = (w, cv_targets(w))
+    v = gate.judge(None)
+    assert v.predictor == fallback.CV and v.physics == fallback.CV
+    assert v.fde_m[fallback.CTRV] > 1.0 > v.fde_m[fallback.CV]
+    v = gate.judge(model)  # CV moved 1 m loses to CV: CV answers, not the CTRV fallback
+    assert (v.predictor, v.reason) == (fallback.CV, "physics_better")
