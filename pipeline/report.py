@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.report_windows import predictor_of, predictor_shares, rolling_windows, stretches
 from schemas import window
 from schemas.kinematics import displacement_errors, predict_ctrv, predict_cv
 from schemas.prediction import Prediction
@@ -117,6 +118,7 @@ def accuracy_summary(
     gives positions at frame time + horizon. Predictions without both are not scored.
     """
     served, cv, ctrv, versions, times = [], [], [], [], []
+    answers: list[tuple[str, str]] = []
     horizons: tuple[float, ...] = ()
     for r in received:
         p = r.prediction
@@ -133,8 +135,9 @@ def accuracy_summary(
         ctrv.append(displacement_errors(predict_ctrv(*args, frame.yaw_rate, horizons)[0], gt))
         versions.append(p.model_version if p.source == "model" else -1)
         times.append(p.t_event_ns)
+        answers.append(predictor_of(p.source, p.model_name, p.reason))
     if not served:
-        return {"scored": 0}
+        return {"scored": 0, "frames": len(frames)}
 
     def per_horizon(errors: list[np.ndarray]) -> dict[str, Any]:
         arr = np.asarray(errors)
@@ -154,12 +157,20 @@ def accuracy_summary(
             "scored": int(mask.sum()),
             "fde_m": float(served_arr[mask, -1].mean()),
         }
+    t_arr = np.asarray(times, dtype=np.int64)
     return {
         "scored": len(served),
+        "frames": len(frames),
+        "scored_share": len(served) / max(len(frames), 1),
         "served": per_horizon(served),
         "cv": per_horizon(cv),
         "ctrv": per_horizon(ctrv),
         "by_version": by_version,
+        "predictors": predictor_shares(answers),
+        "stretches": stretches(t_arr, answers),
+        "rolling_fde": rolling_windows(
+            t_arr, served_arr[:, -1], np.asarray(cv)[:, -1], np.asarray(ctrv)[:, -1]
+        ),
         "timeline": {"t_event_ns": times, "version": versions, "fde_m": served_arr[:, -1].tolist()},
     }
 

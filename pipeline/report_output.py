@@ -122,6 +122,46 @@ def format_table(report: dict[str, Any]) -> str:
                 + " ".join(f"{row['per_horizon_m'][h]:7.2f}" for h in horizons)
                 + f"  {row['ade_m']:7.2f}"
             )
+        lines.extend(_never_worse_lines(acc))
     else:
         lines.append("accuracy: no prediction with ground truth yet")
     return "\n".join(lines)
+
+
+def _never_worse_lines(acc: dict[str, Any]) -> list[str]:
+    """Who answered, when, and served beside the best physics predictor over time."""
+    lines = [
+        f"  scored {acc['scored']:,d} of {acc['frames']:,d} frames "
+        f"({100 * acc['scored_share']:.0f} %: a frame is scored once truth covers its horizons)"
+    ]
+    shares = ", ".join(
+        f"{name} {100 * row['share']:.1f} %"
+        + (
+            " (" + ", ".join(f"{r} {100 * v:.1f} %" for r, v in row["reasons"].items()) + ")"
+            if row["reasons"]
+            else ""
+        )
+        for name, row in acc["predictors"].items()
+    )
+    lines.append(f"answered by: {shares}")
+    parts = [
+        f"{s['start_s']}-{s['end_s']} s {s['predictor']}"
+        + (f" ({s['reason']})" if s["reason"] else "")
+        for s in acc["stretches"]
+    ]
+    more = f" ... (+{len(parts) - 8})" if len(parts) > 8 else ""
+    lines.append("stretches: " + " | ".join(parts[:8]) + more)
+    roll = acc["rolling_fde"]
+    if roll["windows"]:
+        last = roll["windows"][-1]
+        lines.append(
+            f"FDE over the last {roll['window_s']:g} s: served {last['served']:.2f} m, "
+            f"cv {last['cv']:.2f} m, ctrv {last['ctrv']:.2f} m"
+        )
+    if roll.get("worst_ratio") is not None:
+        lines.append(
+            f"never worse than physics: worst {roll['window_s']:g} s window after the first "
+            f"{roll['after_s']:g} s: served/best physics = {roll['worst_ratio']:.3f} "
+            f"({roll['windows_checked']} windows)"
+        )
+    return lines
