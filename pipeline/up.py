@@ -32,6 +32,7 @@ from schemas.topics import TopicNames, default_topics
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120.0
+SIM_DURATION_S = 180.0
 #: Training and the parameter server yield the CPU to the latency-critical path
 #: (replay -> inference -> report) when they share a machine.
 BACKGROUND_NICE = 10
@@ -43,7 +44,7 @@ class UpConfig:
 
     bootstrap: str = setting("", "Kafka host:port ('' = local broker)")
     topic_prefix: str = setting("", "topic prefix ('' = fresh per run)")
-    duration_s: float = setting(180.0, "how long to stream")
+    duration_s: float = setting(0.0, "how long to stream (0: a --log to its end, else 180 s)")
     vehicles: int = setting(16, "simulated fleet size")
     seed: int = setting(7, "simulation seed")
     log: str = setting("", "replay this Parquet sensor log, not a simulation")
@@ -60,12 +61,16 @@ class UpConfig:
     drain_s: float = setting(30.0, "wait this long for the last answers")
 
     def __post_init__(self) -> None:
-        if self.duration_s <= 0:
-            raise ConfigError(f"duration_s must be > 0, got {self.duration_s}")
+        if self.duration_s < 0:
+            raise ConfigError(f"duration_s must be >= 0, got {self.duration_s}")
         if self.nproc < 1 or self.vehicles < 1:
             raise ConfigError("nproc and vehicles must be >= 1")
         if self.log and not Path(self.log).exists():
             raise ConfigError(f"log {self.log} does not exist")
+
+    @property
+    def sim_duration_s(self) -> float:
+        return self.duration_s or SIM_DURATION_S
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,12 +110,15 @@ class Up:
 
     def _sensor_log(self) -> tuple[str, str]:
         if self.config.log:
+            _describe_log(self.config.log, self.config.duration_s)
             return self.config.log, self.config.truth
         from ingest.logs import write_table
         from ingest.simulator import SimConfig, simulate
 
         sim = SimConfig(
-            vehicles=self.config.vehicles, duration_s=self.config.duration_s, seed=self.config.seed
+            vehicles=self.config.vehicles,
+            duration_s=self.config.sim_duration_s,
+            seed=self.config.seed,
         )
         log_table, truth = simulate(sim)
         log_path = write_table(log_table, self.run_dir / "sensors.parquet")
@@ -252,8 +260,10 @@ class Up:
                 _status(now - start, len(client.frames), client.live())
             if self._crashed():
                 return
-            if not replay.running or now - start > self.config.duration_s + 10:
+            if not replay.running:
                 break
+            if self.config.duration_s and now - start > self.config.duration_s:
+                break  # a log longer than asked for: stop the replay here
         if replay.running:
             self.supervisor.stop(replay)
         # Let the services answer what is still in flight.
@@ -282,6 +292,17 @@ class Up:
         _say(f"report, plots and logs in {self.run_dir}/")
         failed = self.supervisor.failed()
         return 1 if failed or not report["latency"].get("count") else 0
+
+
+def _describe_log(path: str, duration_s: float) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["vehicle_id", "t_event_ns"])
+    t = table.column("t_event_ns").to_numpy()
+    span = (int(t.max()) - int(t.min())) / 1e9 if len(t) else 0.0
+    vehicles = len(set(table.column("vehicle_id").to_pylist()))
+    until = f"stopping after {duration_s:g} s" if duration_s and duration_s < span else "to its end"
+    _say(f"log      {path}: {len(t)} frames of {vehicles} vehicle(s) over {span:.1f} s; {until}")
 
 
 def _say(text: str) -> None:
