@@ -39,6 +39,12 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     ),
     "ps": ("trainer.cli", "add_ps_arguments", "run_ps", "run the parameter server"),
     "train": ("trainer.cli", "add_train_arguments", "run_train", "run DDP trainers (torchrun)"),
+    "pretrain": (
+        "trainer.pretrain",
+        "add_arguments",
+        "run",
+        "fit a warm start (--init-from) on a simulated log",
+    ),
     "serve": ("inference.cli", "add_serve_arguments", "run_serve", "run the inference service"),
     "up": ("pipeline.up", "add_arguments", "run", "run the whole pipeline on the local broker"),
     "report": ("pipeline.report_cli", "add_arguments", "run", "measure latency and accuracy"),

@@ -16,9 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.report_windows import predictor_of, predictor_shares, rolling_windows, stretches
+from pipeline.report_windows import (
+    phases,
+    predictor_of,
+    predictor_shares,
+    rolling_windows,
+    stretches,
+)
 from schemas import window
-from schemas.kinematics import displacement_errors, predict_ctrv, predict_cv
+from schemas.kinematics import displacement_errors, predict_ca, predict_ctrv, predict_cv
 from schemas.prediction import Prediction
 from schemas.sensor import SensorFrame
 from schemas.stats import nearest_rank
@@ -112,12 +118,13 @@ def accuracy_summary(
     frames: dict[tuple[str, int], SensorFrame],
     truth: TruthTracks,
 ) -> dict[str, Any]:
-    """Mean error per horizon of the served predictions beside CV and CTRV on the same frames.
+    """Mean error per horizon of the served predictions beside CV, CTRV and CA on the same
+    frames: over the run, per stretch of time (``phases``) and on rolling windows.
 
     ``frames`` maps (vehicle_id, seq) to the frame answered (for the baselines); ``truth``
     gives positions at frame time + horizon. Predictions without both are not scored.
     """
-    served, cv, ctrv, versions, times = [], [], [], [], []
+    served, cv, ctrv, ca, versions, times = [], [], [], [], [], []
     answers: list[tuple[str, str]] = []
     horizons: tuple[float, ...] = ()
     for r in received:
@@ -133,6 +140,7 @@ def accuracy_summary(
         served.append(displacement_errors(np.stack([p.pred_x, p.pred_y], -1), gt))
         cv.append(displacement_errors(predict_cv(*args, horizons)[0], gt))
         ctrv.append(displacement_errors(predict_ctrv(*args, frame.yaw_rate, horizons)[0], gt))
+        ca.append(displacement_errors(predict_ca(*args, frame.accel, horizons)[0], gt))
         versions.append(p.model_version if p.source == "model" else -1)
         times.append(p.t_event_ns)
         answers.append(predictor_of(p.source, p.model_name, p.reason))
@@ -165,7 +173,18 @@ def accuracy_summary(
         "served": per_horizon(served),
         "cv": per_horizon(cv),
         "ctrv": per_horizon(ctrv),
+        "ca": per_horizon(ca),
         "by_version": by_version,
+        "phases": phases(
+            t_arr,
+            {
+                "served": served_arr,
+                "cv": np.asarray(cv),
+                "ctrv": np.asarray(ctrv),
+                "ca": np.asarray(ca),
+            },
+            horizons,
+        ),
         "predictors": predictor_shares(answers),
         "stretches": stretches(t_arr, answers),
         "rolling_fde": rolling_windows(

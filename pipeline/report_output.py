@@ -115,7 +115,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"accuracy on {acc['scored']:,d} predictions (truth: {report['truth_source']})"
         )
         lines.append("  mean error (m)  " + " ".join(f"{h:>7s}" for h in horizons) + "      ADE")
-        for name in ("served", "cv", "ctrv"):
+        for name in [n for n in ("served", "cv", "ctrv", "ca") if n in acc]:
             row = acc[name]
             lines.append(
                 f"  {name:<14s}  "

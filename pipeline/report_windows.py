@@ -101,3 +101,33 @@ def rolling_windows(
         "worst_ratio": worst,
         "windows_checked": len(late),
     }
+
+
+#: Stretches of a run that ``phases`` reports: (name, start, end) seconds; negative = from
+#: the end of the run.
+PHASES = (("30-60s", 30.0, 60.0), ("last_30s", -30.0, 0.0))
+
+
+def phases(
+    t_ns: np.ndarray, errors: dict[str, np.ndarray], horizons_s: tuple[float, ...]
+) -> dict[str, Any]:
+    """Mean error per horizon of each predictor over each of ``PHASES`` (those the run covers):
+    what the model reached after its first minute, and at the end."""
+    if not len(t_ns):
+        return {}
+    rel = (t_ns - t_ns.min()) / NS
+    span = float(rel.max())
+    out: dict[str, Any] = {}
+    for name, lo, hi in PHASES:
+        if lo < 0:
+            lo, hi = max(span + lo, 0.0), span + 1e-9
+        elif span < hi:
+            continue
+        sel = (rel >= lo) & (rel <= hi)
+        if not sel.any():
+            continue
+        out[name] = {"frames": int(sel.sum())} | {
+            pred: {f"{h:g}s": float(e) for h, e in zip(horizons_s, arr[sel].mean(0), strict=True)}
+            for pred, arr in errors.items()
+        }
+    return out

@@ -89,6 +89,9 @@ def test_up_answers_every_frame_serves_models_reports_and_leaves_nothing(tmp_pat
     }
     assert report["accuracy"]["scored"] > 1000
     assert report["accuracy"]["served"]["per_horizon_m"]["3s"] > 0
+    # Never worse than physics on any 30 s window after the first 30 s.
+    roll = report["accuracy"]["rolling_fde"]
+    assert roll["windows_checked"] >= 2 and roll["worst_ratio"] <= 1.0, roll["windows"]
     assert (report_path.parent / "latency_cdf.png").exists()
     assert "end-to-end" in done.stdout
     # No child (services, torchrun ranks, broker JVM) outlives `up`.

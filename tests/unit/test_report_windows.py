@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from pipeline.report_output import format_table
-from pipeline.report_windows import predictor_of, predictor_shares, rolling_windows, stretches
+from pipeline.report_windows import (
+    phases,
+    predictor_of,
+    predictor_shares,
+    rolling_windows,
+    stretches,
+)
 
 S = 10**9
 
@@ -78,3 +84,14 @@ def test_table_prints_predictors_stretches_and_the_check():
     assert "answered by: model 85.7 %, ctrv 14.3 % (no_model 14.3 %)" in text
     assert "stretches: 0-10 s ctrv (no_model) | 10-70 s model" in text
     assert "served/best physics = 0.500 (2 windows)" in text
+
+
+def test_phases_report_the_minute_mark_and_the_end_only_when_the_run_covers_them():
+    t = np.arange(0, 100 * S, S // 10)
+    rel = t / S
+    served = np.stack([rel, 2 * rel], -1)  # error grows with time: easy to check the means
+    out = phases(t, {"served": served}, (1.0, 3.0))
+    assert out["30-60s"]["served"]["1s"] == pytest.approx(45.0, abs=0.1)
+    assert out["last_30s"]["served"]["3s"] == pytest.approx(2 * 84.95, abs=0.2)
+    short = phases(t[:400], {"served": served[:400]}, (1.0, 3.0))
+    assert "30-60s" not in short and short["last_30s"]["frames"] == 301
