@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas import window
+from schemas import plausibility, window
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
 
@@ -30,8 +30,8 @@ class _Vehicle:
     partition: int
     rows: deque[tuple[float, ...]]
     track: deque[tuple[int, float, float]]
+    clock: plausibility.VehicleClock
     pending: deque[tuple[int, np.ndarray]] = field(default_factory=deque)
-    last_seq: int = -1
     last_t_ns: int = -1
     count: int = 0
 
@@ -45,8 +45,10 @@ class HistoryStore:
         truth_capacity: int = 512,
         truth_every: int = 5,
         clock: Callable[[], float] = time.monotonic,
+        limits: plausibility.Limits | None = None,
     ) -> None:
         self.spec = spec
+        self.limits = limits or plausibility.Limits()
         self.truth_every = truth_every
         self._clock = clock
         self._vehicles: dict[str, _Vehicle] = {}
@@ -78,24 +80,32 @@ class HistoryStore:
 
     def add(self, f: SensorFrame, partition: int) -> str:
         """Record a frame; returns 'ok', 'gap' (wider than max_gap_s since the previous frame:
-        pending ground truth is dropped, windows over it are unusable) or 'out_of_order'."""
+        pending ground truth is dropped, windows over it are unusable), 'out_of_order', or
+        an ``implausible_*`` reason (:mod:`schemas.plausibility`: the frame is not kept)."""
         v = self._vehicles.get(f.vehicle_id)
         if v is None:
             v = _Vehicle(
                 partition,
                 deque(maxlen=self.spec.history),
                 deque(maxlen=self._track_len()),
+                plausibility.VehicleClock(self.limits),
             )
             self._vehicles[f.vehicle_id] = v
         v.partition = partition
-        if f.seq <= v.last_seq or f.t_event_ns <= v.last_t_ns:
-            return "out_of_order"
+        judged = v.clock.judge(f.seq, f.t_event_ns, f.x, f.y)
+        if judged == plausibility.RESTART:  # a confirmed jump: the old track is another one
+            v.rows.clear()
+            v.track.clear()
+            v.pending.clear()
+            v.last_t_ns = -1
+        elif judged != plausibility.OK:
+            return judged
         status = "ok"
         if v.last_t_ns >= 0 and f.t_event_ns - v.last_t_ns > self.gap_ns:
             v.track.clear()  # no ground truth interpolated across the gap
             v.pending.clear()
             status = "gap"
-        v.last_seq, v.last_t_ns = f.seq, f.t_event_ns
+        v.last_t_ns = f.t_event_ns
         v.rows.append(
             (f.t_event_ns, f.x, f.y, f.speed, f.heading, f.yaw_rate, f.accel)  # type: ignore[arg-type]
         )

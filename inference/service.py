@@ -281,10 +281,14 @@ class InferenceService:
         else:
             deadline = t_produce + self._budget_ns
             for f in frames:
+                status = self.history.add(f, msg.partition)
+                if status.startswith("implausible"):  # kept out of history: never answered
+                    self.output.dead_letter(msg, f"frame {f.vehicle_id!r} seq {f.seq}: {status}")
+                    continue
                 item = Pending(
                     f, None, msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline
                 )
-                self._route(item, self.history.add(f, msg.partition))
+                self._route(item, status)
         self.output.done(msg)
 
     def _route(self, item: Pending, status: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas import window
+from schemas import plausibility, window
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
 from trainer.config import WindowConfig
@@ -51,6 +51,10 @@ class WindowStats:
     skipped_label: int = 0
     duplicates: int = 0
     too_late: int = 0
+    implausible: int = 0
+    """Frames dropped by :mod:`schemas.plausibility` (time/seq jumps, teleports)."""
+    restarts: int = 0
+    """Confirmed jumps: the vehicle's buffer started over."""
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -62,6 +66,9 @@ class _Vehicle:
     frames: list[SensorFrame] = field(default_factory=list)
     produced: list[int] = field(default_factory=list)
     emitted_until: int = -1
+    clock: plausibility.VehicleClock = field(
+        default_factory=lambda: plausibility.VehicleClock(plausibility.Limits())
+    )
 
 
 class Windower:
@@ -83,6 +90,13 @@ class Windower:
     def add(self, frame: SensorFrame, produced_ns: int = 0) -> list[Sample]:
         """Buffer one frame; return the samples whose label time it completed."""
         v = self._vehicles.setdefault(frame.vehicle_id, _Vehicle())
+        judged = v.clock.judge(frame.seq, frame.t_event_ns, frame.x, frame.y)
+        if judged == plausibility.RESTART:
+            self.stats.restarts += 1
+            v = self._vehicles[frame.vehicle_id] = _Vehicle(clock=v.clock)
+        elif judged not in (plausibility.OK, plausibility.OUT_OF_ORDER):
+            self.stats.implausible += 1
+            return []
         t = frame.t_event_ns
         i = bisect.bisect_left(v.times, t)
         if i < len(v.times) and v.times[i] == t:

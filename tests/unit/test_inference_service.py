@@ -343,3 +343,16 @@ def test_records_of_a_partition_revoked_inside_the_poll_are_left_to_the_new_owne
     svc.step()
     assert [(p.vehicle_id, p.seq) for p in producer.predictions()] == [("a", 1)]
     assert svc.output.next_offset == {(TOPIC, 0): 10}
+
+
+def test_an_implausible_frame_goes_to_deadletter_and_the_vehicle_keeps_being_served() -> None:
+    svc, producer, _ = make_service()
+    serve(svc, InputSpec(history=2))
+    svc._handle(record(0, [frame("a", 0)]), now_ns())
+    svc._handle(record(1, [frame("a", 1, 10**18)]), now_ns())  # stamped ~2000 years ahead
+    svc._handle(record(2, [frame("a", 2)]), now_ns())
+    svc._flush_batches()
+    dead = [v for t, v in producer.sent if t.endswith("deadletter")]
+    assert len(dead) == 1 and b"implausible_time_jump" in dead[0]
+    answers = [(p.seq, p.source) for p in producer.predictions()]
+    assert answers == [(0, "fallback"), (2, "model")]  # not 'out_of_order' for ever after
