@@ -69,7 +69,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 _MAPPING_FLAGS = {
     "time": "time column",
-    "time_unit": "time unit: ns, us, ms, s",
+    "time_unit": "time unit: ns, us, ms, s, or iso (date-time strings)",
     "lat": "latitude column (degrees)",
     "lon": "longitude column (degrees)",
     "x": "east position column (metres; replaces lat/lon)",
@@ -96,8 +96,11 @@ def _import_settings() -> type:
         ("out", str, setting("", "canonical sensor log to write (Parquet), required")),
         ("preset", str, setting("", f"mapping preset: {', '.join(sorted(PRESETS))}")),
         ("mapping", str, setting("", "JSON mapping file (keys as the --map-* flags)")),
-        ("vehicle_id", str, setting("", "vehicle id when the log has no id column")),
+        ("vehicle_id", str, setting("", "vehicle id ('' = id column, else the file name)")),
         ("origin", str, setting("", "LAT,LON of the local frame ('' = first fix)")),
+        ("rate_hz", float, setting(10.0, "output frame rate; fixes are interpolated (0 = keep)")),
+        ("max_fix_gap_s", float, setting(2.0, "leave a gap where fixes are further apart")),
+        ("force", bool, setting(False, "use stated units even where the data contradict them")),
         ("repeat_window_s", float, setting(1.0, "a repeated fix is kept once per window")),
         ("derive_window_s", float, setting(1.0, "window to derive speed/heading/yaw rate")),
         ("print_mapping", bool, setting(False, "print the mapping used")),
@@ -107,22 +110,26 @@ def _import_settings() -> type:
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Import a CSV/TSV/Parquet vehicle log. Columns, units and conventions are detected "
+        "and checked against the GNSS track; flags state them instead (a column flag of "
+        "'none' ignores that quantity). The decisions are printed to stderr."
+    )
     parser.add_argument("source", help="CSV/TSV or Parquet log to import")
     add_config_arguments(parser, _import_settings())
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from ingest.importer import ImportOptions, import_log
+    from ingest.auto import import_file
+    from ingest.importer import ImportOptions
     from ingest.logs import write_table
-    from ingest.mapping import load_mapping
+    from ingest.mapping import given_fields
 
     cfg: Any = config_from_args(_import_settings(), args)
     if not cfg.out:
         raise ConfigError("--out (DRIVESTREAM_OUT) is required: where to write the Parquet log")
     overrides = {n: getattr(cfg, f"map_{n}") or None for n in _MAPPING_FLAGS}
-    mapping = load_mapping(cfg.preset or None, cfg.mapping or None, **overrides)
-    if cfg.print_mapping:
-        print(mapping.to_json())
+    given = given_fields(cfg.preset or None, cfg.mapping or None, **overrides)
     origin = None
     if cfg.origin:
         try:
@@ -135,8 +142,13 @@ def run_import(args: argparse.Namespace) -> int:
         origin=origin,
         repeat_window_s=cfg.repeat_window_s,
         derive_window_s=cfg.derive_window_s,
+        rate_hz=cfg.rate_hz,
+        max_fix_gap_s=cfg.max_fix_gap_s,
     )
-    table, report = import_log(args.source, mapping, options)
+    table, report, lines, mapping = import_file(args.source, given, options, force=cfg.force)
+    print("\n".join(lines), file=sys.stderr)
+    if cfg.print_mapping:
+        print(mapping.to_json())
     out = write_table(table, cfg.out)
     print(report.describe())
     print(f"wrote {out}")

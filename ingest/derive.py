@@ -1,7 +1,8 @@
 """Derive speed, heading, yaw rate and acceleration from timestamped positions.
 
 Differences are taken across a time window (not between neighbouring rows) so GNSS noise
-of ~0.5 m does not turn into metres-per-second of speed noise. Heading is held while the
+of ~0.5 m does not turn into metres-per-second of speed noise. The window spans at least
+2.5 sample intervals, so 1 Hz fixes still have a neighbour on each side. Heading is held while the
 vehicle stands (a standing vehicle has no direction of motion). Values the log did give
 are kept; only missing (unmapped or empty) ones are filled.
 """
@@ -85,8 +86,10 @@ def derive_kinematics(
     out = {k: np.empty(n) for k in filled}
     starts = np.flatnonzero(np.r_[True, vid[1:] != vid[:-1]])
     for s, e in zip(starts, np.r_[starts[1:], n], strict=True):
+        steps = np.diff(t_ns[s:e])
+        half = max(window_s * 5e8, 1.25 * float(np.median(steps)) if steps.size else 0.0)
         part = _one_vehicle(
-            t_ns[s:e], x[s:e], y[s:e], {k: v[s:e] for k, v in filled.items()}, int(window_s * 5e8)
+            t_ns[s:e], x[s:e], y[s:e], {k: v[s:e] for k, v in filled.items()}, int(half)
         )
         for k, v in part.items():
             out[k][s:e] = v
@@ -100,3 +103,36 @@ def derive_kinematics(
             clipped = np.clip(out[k], -bound, bound)
             out[k] = np.where(np.isfinite(filled[k]), out[k], clipped)
     return out, derived
+
+
+#: A given speed this far (and 50 %) from the position-derived one is not believed.
+SPEED_OUTLIER_MS = 5.0
+#: A given heading this far from the course of travel of a moving vehicle is not believed.
+HEADING_OUTLIER_DEG = 45.0
+
+
+def blank_outliers(
+    vid: np.ndarray,
+    t_ns: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    at_fix: dict[str, np.ndarray | None],
+    window_s: float,
+) -> dict[str, int]:
+    """Blank given speeds and headings far from what the positions say (a logger's first
+    row of zeros, a stale course), so they are derived instead; returns counts."""
+    ref, _ = derive_kinematics(vid, t_ns, x, y, dict.fromkeys(at_fix), window_s)
+    out: dict[str, int] = {}
+    sp, hd = at_fix["speed"], at_fix["heading"]
+    if sp is not None:
+        bad = (np.abs(sp) <= sensor.MAX_SPEED_MS) & (
+            np.abs(sp - ref["speed"]) > np.maximum(SPEED_OUTLIER_MS, 0.5 * ref["speed"])
+        )
+        sp[bad] = np.nan
+        out["speed"] = int(bad.sum())
+    if hd is not None:
+        off = np.abs(np.angle(np.exp(1j * (hd - ref["heading"]))))
+        bad = (ref["speed"] >= 2.0) & (off > np.radians(HEADING_OUTLIER_DEG))
+        hd[bad] = np.nan
+        out["heading"] = int(bad.sum())
+    return {k: v for k, v in out.items() if v}

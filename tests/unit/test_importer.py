@@ -2,7 +2,8 @@
 
 The sample files in tests/data were written for these tests:
 - datalogger.csv: 50 Hz rows repeating each 10 Hz GNSS fix five times; 10 m/s east as
-  36 km/h and compass course 90 deg, then a left turn at 10 deg/s logged clockwise-positive;
+  36 km/h and compass course 90 deg, then a left turn at 10 deg/s logged
+  counter-clockwise-positive (as the real datalogger does);
   one 0,0 no-fix row, one empty latitude, one duplicated row, two rows out of order.
 - gnss_log.csv: 10 Hz, epoch seconds, 5 m/s north (bearing 0), a 5 s standstill where the
   receiver holds its position, empty speed for 0.5 s and empty bearing while standing,
@@ -25,7 +26,7 @@ import pytest
 
 from ingest.cli import main
 from ingest.geo import LocalFrame
-from ingest.importer import ImportOptions, import_log, import_table
+from ingest.importer import REPEATED_FIX, ImportOptions, import_log, import_table
 from ingest.logs import read_log
 from ingest.mapping import ColumnMapping, load_mapping
 from ingest.simulator import SimConfig, simulate
@@ -46,11 +47,11 @@ def test_datalogger_preset_converts_units_and_drops_logger_quirks() -> None:
     assert table.schema.equals(ARROW_SCHEMA)
     assert report.rows_read == 201 and report.rows_written == table.num_rows == 40
     assert report.dropped == {
-        "repeated_fix": 158,
         "missing_position": 1,
         "invalid_position (out of range or 0,0 no-fix marker)": 1,
         "duplicate_timestamp": 1,
     }
+    assert report.imu_rows == {REPEATED_FIX: 158}  # not errors: IMU samples between fixes
     assert report.derived == ("accel",)
     t = table["t_event_ns"].to_numpy()
     assert t[0] == 1_000 * 1_000_000 and (np.diff(t) > 0).all()
@@ -68,9 +69,10 @@ def test_datalogger_preset_converts_units_and_drops_logger_quirks() -> None:
 
 def test_gnss_preset_keeps_standstill_at_one_fix_per_window_and_fills_gaps() -> None:
     table, report = import_log(
-        DATA / "gnss_log.csv", load_mapping("gnss"), ImportOptions(vehicle_id="phone")
+        DATA / "gnss_log.csv", load_mapping("gnss"), ImportOptions(vehicle_id="phone", rate_hz=0)
     )
-    assert report.dropped == {"repeated_fix": 44, "missing_position": 1}
+    assert report.dropped == {"missing_position": 1}
+    assert report.imu_rows == {REPEATED_FIX: 44}
     assert set(report.derived) == {"speed", "heading", "yaw_rate", "accel"}  # some cells empty
     assert set(table["vehicle_id"].to_pylist()) == {"phone"}
     t_s = (table["t_event_ns"].to_numpy() - 1_700_000_000 * 10**9) / 1e9
@@ -89,7 +91,7 @@ def test_xy_fleet_with_vehicle_column_derives_everything() -> None:
         time="t_us", time_unit="us", x="east_m", y="north_m", vehicle_id="vehicle"
     )
     assert mapping.lat is None and not mapping.geodetic
-    table, report = import_log(DATA / "xy_fleet.csv", mapping)
+    table, report = import_log(DATA / "xy_fleet.csv", mapping, ImportOptions(rate_hz=0))
     assert report.rows_written == 120 and report.dropped == {} and report.vehicles == 2
     assert report.origin is None
     assert table["lat"].null_count == table.num_rows
@@ -122,7 +124,7 @@ def test_simulated_log_exported_as_gnss_csv_imports_back_to_the_same_positions(
     mapping = load_mapping("gnss", vehicle_id="id")
     sim = SimConfig()
     table, report = import_log(
-        path, mapping, ImportOptions(origin=(sim.origin_lat, sim.origin_lon))
+        path, mapping, ImportOptions(origin=(sim.origin_lat, sim.origin_lon), rate_hz=0)
     )
     assert report.rows_written == log.num_rows and report.dropped == {}
     # Float seconds in CSV cost sub-microsecond precision; positions must agree to mm.
@@ -152,7 +154,7 @@ def test_implausible_given_values_are_dropped_and_counted() -> None:
         }
     )
     mapping = ColumnMapping(time="t", lat=None, lon=None, x="x", y="y", speed="v")
-    table, report = import_table(source, mapping, ImportOptions(vehicle_id="v1"))
+    table, report = import_table(source, mapping, ImportOptions(vehicle_id="v1", rate_hz=0))
     assert report.dropped == {"implausible_speed": 1, "negative_time": 1, "missing_time": 1}
     assert table.num_rows == 3 and "implausible_speed" in report.describe()
 
@@ -211,11 +213,15 @@ def test_import_log_command_writes_a_canonical_log(
     )
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "repeated_fix" in printed and "wrote" in printed
+    assert REPEATED_FIX in printed and "wrote" in printed
     table = read_log(out)
     assert table.num_rows == 40 and set(table["vehicle_id"].to_pylist()) == {"car"}
-    assert main(["import-log", str(DATA / "datalogger.csv"), "--out", str(out)]) == 2
-    assert "--preset" in capsys.readouterr().err
+    # A log with no recognisable position columns stops with one line naming the flags.
+    odd = tmp_path / "odd.csv"
+    odd.write_text("when,a,b\n1,2,3\n2,3,4\n")
+    assert main(["import-log", str(odd), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--map-lat" in err and len(err.strip().splitlines()) == 1
 
 
 def test_import_flags_have_environment_twins(tmp_path, monkeypatch):
