@@ -53,11 +53,16 @@ class TrainConfig:
     batch_size: int = setting(64, "samples per rank per step")
     fresh_fraction: float = setting(0.5, "share of a batch taken from the newest samples")
     replay_capacity: int = setting(20000, "replay buffer bound per rank")
-    lr: float = setting(2e-3, "Adam learning rate")
+    max_reuse: int = setting(16, "draws per sample over its life in the replay buffer")
+    lr: float = setting(3e-3, "AdamW learning rate of the physics blend")
+    residual_lr: float = setting(2e-4, "AdamW learning rate of the residual network")
+    weight_decay: float = setting(1e-2, "AdamW decay of the residual network (to physics)")
+    huber_m: float = setting(1.0, "loss: quadratic below this displacement error (m)")
+    init_from: str = setting("", "warm start from these weights (drivestream pretrain)")
     sync_every_steps: int = setting(20, "push delta / pull weights every N steps")
     status_every_s: float = setting(10.0, "status line period")
     seed: int = setting(0, "model init seed (must match the server's)")
-    hidden: int = setting(128, "MLP hidden width (must match the server)")
+    hidden: int = setting(64, "MLP hidden width (must match the server)")
     max_label_gap_s: float = setting(0.5, "label interpolation gap (s)")
     allowed_lateness_s: float = setting(0.0, "wait for late frames (s)")
     holdout_fraction: float = setting(0.2, "vehicles held out for eval")
@@ -76,6 +81,10 @@ class TrainConfig:
             raise ConfigError("--replay-capacity must be >= --batch-size")
         if self.lr <= 0 or self.hidden < 8 or self.duration_s < 0 or self.max_restarts < 0:
             raise ConfigError("--lr must be > 0, --hidden >= 8, durations/restarts >= 0")
+        if self.residual_lr <= 0 or self.weight_decay < 0 or self.huber_m <= 0:
+            raise ConfigError("--residual-lr and --huber-m must be > 0, --weight-decay >= 0")
+        if self.max_reuse < 1:
+            raise ConfigError(f"--max-reuse must be >= 1, got {self.max_reuse}")
         self.window()
 
     def window(self) -> WindowConfig:
@@ -104,7 +113,8 @@ class PSConfig:
     export_every_versions: int = setting(0, "also export after this many new versions (0 = off)")
     status_every_s: float = setting(10.0, "status line period")
     seed: int = setting(0, "model init seed (must match the trainers')")
-    hidden: int = setting(128, "MLP hidden width")
+    hidden: int = setting(64, "MLP hidden width")
+    init_from: str = setting("", "version-0 weights from this file (drivestream pretrain)")
 
     def __post_init__(self) -> None:
         KafkaSettings(bootstrap=self.bootstrap)
@@ -117,3 +127,41 @@ class PSConfig:
             raise ConfigError("publish/checkpoint/export/status periods must be > 0 seconds")
         if self.export_every_versions < 0 or self.duration_s < 0 or self.hidden < 8:
             raise ConfigError("--export-every-versions/--duration-s >= 0 and --hidden >= 8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """A warm start fitted offline on a (simulated) log: ``drivestream pretrain``."""
+
+    log: str = setting("sim_log.parquet", "sensor log to learn from (drivestream simulate)")
+    out: str = setting("prior.pt", "weights file to write (train/ps --init-from)")
+    hidden: int = setting(64, "MLP hidden width (must match train and ps)")
+    seed: int = setting(0, "model init seed")
+    steps_per_s: float = setting(20.0, "training cadence in log time")
+    batch_size: int = setting(64, "samples per step")
+    max_reuse: int = setting(16, "draws per sample")
+    lr: float = setting(3e-3, "AdamW learning rate of the physics blend")
+    residual_lr: float = setting(2e-4, "AdamW learning rate of the residual network")
+    weight_decay: float = setting(1e-2, "AdamW decay of the residual network")
+    threads: int = setting(2, "torch CPU threads")
+
+    def __post_init__(self) -> None:
+        if not self.log or not self.out:
+            raise ConfigError("--log and --out must be set")
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        self.train()
+
+    def train(self) -> TrainConfig:
+        """The TrainConfig the offline loop runs with (no holdout: every vehicle trains)."""
+        return TrainConfig(
+            hidden=self.hidden,
+            seed=self.seed,
+            steps_per_s=self.steps_per_s,
+            batch_size=self.batch_size,
+            max_reuse=self.max_reuse,
+            lr=self.lr,
+            residual_lr=self.residual_lr,
+            weight_decay=self.weight_decay,
+            holdout_fraction=0.0,
+        )

@@ -8,6 +8,7 @@ each :meth:`export` writes the new float32 bytes into those initializers and ser
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -25,6 +26,16 @@ class ExportError(RuntimeError):
     """The model could not be exported or its graph does not expose its parameters."""
 
 
+def _distinct(model: nn.Module) -> nn.Module:
+    """A copy whose parameters all differ: the exporter merges equal initializers (e.g. two
+    zero-initialised heads of one shape) and the template needs one per parameter."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for i, p in enumerate(out.parameters()):
+            p.copy_(torch.linspace(-1.0, 1.0, p.numel()).reshape(p.shape) * (1.0 + 0.01 * i))
+    return out
+
+
 class OnnxExporter:
     """Holds a template ModelProto for one architecture; cheap per-version export."""
 
@@ -32,7 +43,7 @@ class OnnxExporter:
         self.spec = spec
         dummy = torch.zeros(2, spec.history, len(spec.features))
         buf = io.BytesIO()
-        model = model.cpu().eval()
+        model = _distinct(model.cpu().eval())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(

@@ -2,12 +2,13 @@
 
 Every step, every rank: ingests what its source has, scores new samples with the current
 model before training on them (test-then-train), then runs one collective step on a batch
-from its replay buffer. A rank with no data contributes a zero-weight batch, and the
-decision to step (and to stop) is taken from an all-reduced count, so uneven partitions
-never hang a collective. Every ``sync_every_steps`` rank 0 pushes the group's delta to the
-parameter server (waiting for delivery), pulls the newest weights and broadcasts them; it
-also checkpoints. While the server has not yet processed the previous push, rank 0 holds the
-next one back and the delta keeps accumulating (one fresh delta instead of a stale backlog).
+from its replay buffer (bounded by the buffer's reuse budget, so it may be small or empty).
+A rank with no draws contributes a zero-weight batch, and the decision to step (and to
+stop) is taken from an all-reduced count, so uneven partitions never hang a collective.
+Every ``sync_every_steps`` rank 0 pushes the group's delta to the parameter server
+(waiting for delivery), pulls the newest weights and broadcasts them; it also checkpoints.
+While the server has not yet processed the previous push, rank 0 holds the next one back
+and the delta keeps accumulating (one fresh delta instead of a stale backlog).
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ from schemas.sensor import SensorFrame
 from trainer import metrics as m
 from trainer.checkpoint import CheckpointError, read_if_exists, write_atomic
 from trainer.config import TrainConfig
-from trainer.model import build_model, displacement_loss, load_trainable, trainable_state
+from trainer.model import (
+    build_model,
+    build_optimizer,
+    displacement_loss,
+    load_prior,
+    load_trainable,
+    trainable_state,
+)
 from trainer.replay import ReplayBuffer
-from trainer.windowing import Windower, stack
+from trainer.windowing import Sample, Windower, stack
 from trainer.wire import Delta, Tensors, Weights
 
 log = logging.getLogger(__name__)
@@ -110,14 +118,22 @@ class TrainLoop:
         source: FrameSource,
         link: PSLink | None,
         device: torch.device | None = None,
+        on_scored: Callable[[list[Sample], np.ndarray], None] | None = None,
     ) -> None:
         self.cfg, self.spec, self.source, self.link = cfg, spec, source, link
+        self.on_scored = on_scored
+        """Called with each scored batch and the model's predictions (offline benchmarks)."""
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = device or torch.device("cpu")
-        self.model = build_model(spec, cfg.hidden, cfg.seed).to(self.device)
-        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        model = build_model(spec, cfg.hidden, cfg.seed)
+        if cfg.init_from:  # the server must start from the same file (ps --init-from)
+            load_prior(cfg.init_from, model)
+        self.model = model.to(self.device)
+        self.optim = build_optimizer(self.model, cfg.lr, cfg.residual_lr, cfg.weight_decay)
         self.windower = Windower(spec, cfg.window())
-        self.replay = ReplayBuffer(spec, cfg.replay_capacity, seed=cfg.seed + self.rank)
+        self.replay = ReplayBuffer(
+            spec, cfg.replay_capacity, cfg.max_reuse, seed=cfg.seed + self.rank
+        )
         self.metrics = m.OnlineMetrics(spec.horizons_s)
         self.counters = Counters()
         self.base_version = 0
@@ -188,6 +204,8 @@ class TrainLoop:
         }
         self.metrics.update(holdout, targets, preds)
         self.counters.scored += len(new)
+        if self.on_scored is not None:
+            self.on_scored(new, pred)
         self.replay.add([s for s in new if not s.holdout])
 
     def step(self, stop: bool = False) -> bool:
@@ -208,7 +226,7 @@ class TrainLoop:
                 w = torch.zeros(1, device=self.device)
             self.ddp.train()
             # DDP averages gradients over ranks; scale so the result is the global mean
-            loss = displacement_loss(self.ddp(x), y, w) * (self.world / n_total)
+            loss = displacement_loss(self.ddp(x), y, w, self.cfg.huber_m) * (self.world / n_total)
             self.optim.zero_grad(set_to_none=False)
             loss.backward()
             self.optim.step()

@@ -29,7 +29,7 @@ from trainer import wire
 from trainer.checkpoint import read_if_exists, write_atomic
 from trainer.config import PSConfig
 from trainer.export import OnnxExporter
-from trainer.model import build_model, trainable_state
+from trainer.model import build_model, load_prior, trainable_state
 from trainer.server_state import ServerState
 from trainer.signals import install_stop_handler
 
@@ -46,6 +46,8 @@ class ParameterServer:
     def __init__(self, cfg: PSConfig, settings: KafkaSettings, spec: InputSpec = DEFAULT_SPEC):
         self.cfg, self.settings, self.spec = cfg, settings, spec
         model = build_model(spec, cfg.hidden, cfg.seed)
+        if cfg.init_from:  # version 0 = the warm start (trainers take the same --init-from)
+            load_prior(cfg.init_from, model)
         self.exporter = OnnxExporter(model, spec)
         self.state = ServerState(trainable_state(model), cfg.max_staleness, cfg.server_lr)
         self.ckpt_path = Path(cfg.checkpoint_dir) / f"ps-{cfg.model_name}.ckpt"

@@ -1,4 +1,4 @@
-"""Model semantics (ego frame, CV residual) and ONNX export equal to torch within 1e-5."""
+"""Model semantics (physics prior, ego frame, robustness) and ONNX export equal to torch."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from schemas.kinematics import predict_ctrv, predict_cv
 from schemas.model_spec import DEFAULT_SPEC, INPUT_NAME, OUTPUT_NAME
 from trainer.export import ExportError, OnnxExporter
-from trainer.metrics import constant_velocity
-from trainer.model import build_model, trainable_state
+from trainer.model import CANDIDATES, PRIOR_WEIGHTS, SENSOR_YAW_FRAMES, build_model, trainable_state
 
 torch.set_num_threads(1)
 
@@ -42,11 +42,52 @@ def run_onnx(blob: bytes, windows: np.ndarray) -> np.ndarray:
     return sess.run([OUTPUT_NAME], {INPUT_NAME: windows})[0]
 
 
-def test_untrained_model_is_the_constant_velocity_baseline() -> None:
+def test_untrained_model_is_its_physics_prior() -> None:
+    model = build_model(DEFAULT_SPEC, 64, seed=3)
+    w = torch.from_numpy(random_windows(32, 0))
+    weights = torch.softmax(model.blend_bias, 0).detach()
+    np.testing.assert_allclose(weights.numpy(), PRIOR_WEIGHTS, atol=0.01)
+    expected = (weights[None, :, None, None] * model.candidates(w)).sum(1).detach()
+    np.testing.assert_allclose(model(w).detach().numpy(), expected.numpy(), atol=1e-4)
+
+
+def test_in_graph_candidates_are_the_closed_form_cv_and_ctrv() -> None:
     model = build_model(DEFAULT_SPEC, 64, seed=3)
     w = random_windows(32, 0)
-    out = model(torch.from_numpy(w)).detach().numpy()
-    np.testing.assert_allclose(out, constant_velocity(w, DEFAULT_SPEC.horizons_s), atol=2e-4)
+    w[:, -SENSOR_YAW_FRAMES:, 5] = w[:, -1:, 5]  # the sensor yaw rate the model averages
+    last = w[:, -1].astype(np.float64)
+    cands = model.candidates(torch.from_numpy(w)).detach().numpy()
+    names = [c[0] for c in CANDIDATES]
+    hs = DEFAULT_SPEC.horizons_s
+    cv = predict_cv(last[:, 1], last[:, 2], last[:, 3], last[:, 4], hs)
+    ctrv = predict_ctrv(last[:, 1], last[:, 2], last[:, 3], last[:, 4], last[:, 5], hs)
+    np.testing.assert_allclose(cands[:, names.index("cv")], cv, atol=1e-2)
+    np.testing.assert_allclose(cands[:, names.index("ctrv")], ctrv, atol=3e-2)  # midpoint sum
+
+
+def wild_windows(n: int, seed: int) -> np.ndarray:
+    """Finite but implausible windows: equal times, standstill, spikes, far positions."""
+    rng = np.random.default_rng(seed)
+    w = random_windows(n, seed, offset=9e5)
+    w[: n // 4, :, 0] = 0.0  # every frame at the same time
+    w[n // 4 : n // 2, :, 3] = 0.0  # standing still
+    w[n // 2 :, :, 1:3] += rng.normal(0, 1e3, (n - n // 2, DEFAULT_SPEC.history, 2))
+    w[:, :, 3] = np.where(rng.random(w.shape[:2]) < 0.2, 120.0, w[:, :, 3])
+    w[:, :, 5] = rng.uniform(-4, 4, w.shape[:2])
+    w[:, :, 6] = rng.uniform(-30, 30, w.shape[:2])
+    w[:, :, 4] = rng.uniform(-np.pi, np.pi, w.shape[:2])
+    return w
+
+
+def test_prediction_is_finite_and_bounded_for_wild_inputs() -> None:
+    model = perturbed_model(5)
+    w = wild_windows(64, 7)
+    exporter = OnnxExporter(model, DEFAULT_SPEC)
+    for out in (model(torch.from_numpy(w)).detach().numpy(),
+                run_onnx(exporter.export(trainable_state(model)), w)):  # fmt: skip
+        assert np.isfinite(out).all()
+        reach = np.linalg.norm(out - w[:, -1:, 1:3], axis=-1)
+        assert reach.max() < 3.0 * 80 + 9.0 + 1.0  # speed cap x horizon + residual bound
 
 
 def test_prediction_is_invariant_to_translation_and_rotation_of_the_world() -> None:
