@@ -54,7 +54,7 @@ class UpConfig:
     partitions: int = setting(4, "partitions of sensors/predictions")
     budget_ms: float = setting(50.0, "latency budget per frame")
     device: str = setting("auto", "auto | cpu | cuda")
-    export_every_s: float = setting(10.0, "model export period")
+    export_every_s: float = setting(3.0, "model export period (s)")
     run_dir: str = setting("runs", "where runs keep logs and reports")
     keep_broker: bool = setting(False, "leave a broker we started running")
     broker_port: int = setting(9092, "local broker port (taken 9092 -> a free one; 0 = free)")
