@@ -230,6 +230,7 @@ def run_rate(bootstrap: str, rate: int, args: argparse.Namespace) -> dict:
         str(args.max_batch),
         "--device",
         args.device,
+        "--no-gate",  # measure the model path: the bench's model is CV, which physics ties
     ]
     serve = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

@@ -116,6 +116,7 @@ def one_run(args: argparse.Namespace, profile: bool) -> dict:
         group_id=f"bench-{uuid.uuid4().hex[:8]}",
         budget_ms=args.budget_ms,
         log_level="WARNING",
+        gate=False,  # measure the model path: the bench's model is CV, which physics ties
     )
     svc = InferenceService(config, settings)
     # the model is built before serving starts, so the backlog meets the steady-state path;

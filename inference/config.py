@@ -40,6 +40,11 @@ class ServeConfig:
     min_truth_samples: int = setting(16, "ground-truth windows needed before comparing accuracy")
     truth_capacity: int = setting(4096, "recent ground-truth windows kept")
     truth_every: int = setting(2, "keep every N-th window of a vehicle as ground truth")
+    gate: bool = setting(
+        True,
+        "never worse than physics: the model answers only while it beats CV/CTRV on recent "
+        "truth (off: any validated model answers; for tests and benchmarks of the serving path)",
+    )
     gate_window_s: float = setting(30.0, "never-worse gate: judge on truth of the last N seconds")
     gate_min_samples: int = setting(20, "never-worse gate: truth windows before a model answers")
     gate_rejoin_margin: float = setting(

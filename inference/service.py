@@ -76,7 +76,7 @@ class InferenceService:
             lambda: self.history.truth(config.gate_window_s),
             self.metrics,
             config.model_name,
-            self.gate,
+            self.gate if config.gate else None,
         )
         self._verdict: Verdict = self.gate.verdict(-1)
         """Who answers what the model could, per the gate; refreshed once per poll."""
@@ -215,7 +215,12 @@ class InferenceService:
         self._mark_loop()
         self.output.check_delivery()
         self._maybe_swap()
-        self._verdict = self.gate.verdict(self.model.version if self.model else -1)
+        version = self.model.version if self.model else -1
+        self._verdict = (
+            self.gate.verdict(version)
+            if self.config.gate
+            else Verdict(predictor=MODEL, version=version)
+        )
         wait = self.batcher.wait_ns(now_ns())
         timeout_ms = 100 if wait is None else wait // MS
         msgs = self._consumer.poll(

@@ -159,7 +159,12 @@ class Stream(threading.Thread):
 
 
 def config(topics: TopicNames, **kw) -> ServeConfig:
-    base = {"topic_prefix": topics.prefix, "group_id": f"{topics.prefix}serve", "max_batch": 16}
+    base = {
+        "topic_prefix": topics.prefix,
+        "group_id": f"{topics.prefix}serve",
+        "max_batch": 16,
+        "gate": False,  # these tests are about the model path; the gate has its own tests
+    }
     return ServeConfig(**{**base, **kw})
 
 
