@@ -29,6 +29,7 @@ from schemas.model_spec import DEFAULT_SPEC
 from schemas.sensor import encode_frames, frame_headers, table_to_frames
 from trainer import wire
 from trainer.checkpoint import read_if_exists
+from trainer.config import PSConfig
 from trainer.model import build_model, trainable_state
 from trainer.server_state import ServerState
 
@@ -165,9 +166,10 @@ def test_two_ranks_and_server_survive_kill_and_beat_cv(kafka_settings, topics, t
     assert m["holdout.model.fde@3"] < m["holdout.cv.fde@3"], m
 
     # no accepted update lost: replaying all of ps-updates from v0 gives the final state
-    final = ServerState(trainable_state(build_model(DEFAULT_SPEC, 128, 0)), max_staleness=8)
+    v0 = trainable_state(build_model(DEFAULT_SPEC, PSConfig().hidden, 0))
+    final = ServerState(v0, max_staleness=8)
     final.load_bytes(read_if_exists(tmp_path / "ps" / f"ps-{last.name}.ckpt"))
-    offline = ServerState(trainable_state(build_model(DEFAULT_SPEC, 128, 0)), max_staleness=8)
+    offline = ServerState(dict(v0), max_staleness=8)
     for msg in read_all(kafka_settings, topics.ps_updates, upto=final.updates_offset):
         offline.apply(wire.decode_delta(msg.value), msg.offset)
     assert offline.version == final.version >= last.version
