@@ -45,6 +45,8 @@ class GatePolicy:
     """Fewer truth windows than this: the model is unproven and physics answers."""
     rejoin_margin: float = 0.02
     """A model not answering must beat physics by this fraction to answer."""
+    physics_margin: float = 0.05
+    """The physics predictor answering changes only for one better by this fraction."""
     every_s: float = 1.0
     """How often the serving model is re-judged."""
     yaw_eps: float = kinematics.STRAIGHT_YAW_RATE
@@ -62,16 +64,8 @@ class Verdict:
     """Mean error at the longest horizon per predictor on the judged windows."""
     samples: int = 0
 
-    @property
-    def physics(self) -> str:
-        """The physics predictor to answer with when the model does not."""
-        return self.predictor if self.predictor in PHYSICS else self.best_physics
-
-    @property
-    def best_physics(self) -> str:
-        if not self.fde_m:
-            return fallback.CTRV
-        return min(PHYSICS, key=lambda p: self.fde_m.get(p, np.inf))
+    physics: str = fallback.CTRV
+    """The physics predictor that answers when the model does not."""
 
 
 def physics_predictions(
@@ -110,7 +104,12 @@ class PredictorGate:
         """The verdict for ``version`` (a version never judged is unproven)."""
         v = self._verdicts.get(version)
         if v is None:
-            return Verdict(predictor=self._current.physics, reason="unproven", version=version)
+            return Verdict(
+                predictor=self._current.physics,
+                physics=self._current.physics,
+                reason="unproven",
+                version=version,
+            )
         return v
 
     def due(self) -> bool:
@@ -128,7 +127,8 @@ class PredictorGate:
         )
         fits = fits and targets.shape[1] == len(self._horizons())
         if len(windows) == 0 or not fits:
-            verdict = Verdict(predictor=self._current.physics, reason="unproven", version=version)
+            held = self._current.physics
+            verdict = Verdict(predictor=held, physics=held, reason="unproven", version=version)
             return self._record(verdict)
         horizons = model.spec.horizons_s if model is not None else self._horizons()
         preds = physics_predictions(windows, horizons, self.policy.yaw_eps)
@@ -143,33 +143,32 @@ class PredictorGate:
             for name, p in preds.items()
         }
         fde = {name: (e if np.isfinite(e) else np.inf) for name, e in fde.items()}
-        best = min(PHYSICS, key=lambda p: fde[p])
+        enough = len(windows) >= self.policy.min_samples
+        phys = self._physics(fde) if enough else self._current.physics
         answering = self._verdicts.get(version)
         was_model = answering is not None and answering.predictor == MODEL
-        if model is None or len(windows) < self.policy.min_samples:
-            reason = "unproven" if model is not None else ""
-            verdict = Verdict(
-                predictor=best
-                if len(windows) >= self.policy.min_samples
-                else self._current.physics,
-                reason=reason,
-                version=version,
-                fde_m=fde,
-                samples=len(windows),
-            )
-            return self._record(verdict)
-        bar = fde[best] if was_model else fde[best] * (1 - self.policy.rejoin_margin)
-        if fde[MODEL] < bar or (was_model and fde[MODEL] <= bar):
-            verdict = Verdict(predictor=MODEL, version=version, fde_m=fde, samples=len(windows))
+        best = min(fde[p] for p in PHYSICS)
+        bar = best if was_model else best * (1 - self.policy.rejoin_margin)
+        if model is not None and enough and fde[MODEL] <= bar:
+            predictor, reason = MODEL, ""
         else:
-            verdict = Verdict(
-                predictor=best,
-                reason="physics_better",
-                version=version,
-                fde_m=fde,
-                samples=len(windows),
-            )
+            predictor = phys
+            reason = "" if model is None else "physics_better" if enough else "unproven"
+        verdict = Verdict(
+            predictor=predictor,
+            physics=phys,
+            reason=reason,
+            version=version,
+            fde_m=fde,
+            samples=len(windows),
+        )
         return self._record(verdict)
+
+    def _physics(self, fde: dict[str, float]) -> str:
+        """The best physics predictor, keeping the one answering unless clearly beaten."""
+        held = self._current.physics
+        best = min(PHYSICS, key=lambda p: fde[p])
+        return held if fde[held] <= fde[best] * (1 + self.policy.physics_margin) else best
 
     def _record(self, verdict: Verdict) -> Verdict:
         with self._lock:

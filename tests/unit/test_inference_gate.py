@@ -78,7 +78,8 @@ def test_gate_switches_to_physics_and_back_with_the_truth(model) -> None:
     assert gate.verdict(3).predictor == MODEL
     truth.value = (w, cv_targets(w))  # now physics is exact and the model 1 m off
     v = gate.judge(model)
-    assert (v.predictor, v.reason) == (fallback.CV, "physics_better")  # CV ties CTRV here
+    # CV ties CTRV here: the physics answering (CTRV, the fallback's default) stays
+    assert (v.predictor, v.reason) == (fallback.CTRV, "physics_better")
     assert v.fde_m[MODEL] == pytest.approx(1.0, abs=1e-3)
     assert gate.verdict(3).predictor != MODEL
     truth.value = (w, cv_targets(w, 1.0))
@@ -86,12 +87,12 @@ def test_gate_switches_to_physics_and_back_with_the_truth(model) -> None:
     text = metrics.render().decode()
     assert 'drivestream_inference_gate_predictor{predictor="model"} 1.0' in text
     assert (
-        'drivestream_inference_gate_switches_total{predictor="cv",reason="physics_better"} 1.0'
+        'drivestream_inference_gate_switches_total{predictor="ctrv",reason="physics_better"} 1.0'
         in text
     )
     assert [s[1:] for s in gate.switches] == [
         ("model", ""),
-        ("cv", "physics_better"),
+        ("ctrv", "physics_better"),
         ("model", ""),
     ]
 
@@ -109,7 +110,7 @@ def test_a_tie_does_not_let_a_model_in_and_a_new_version_must_win_clearly(model)
     v = gate.judge(model)
     assert v.fde_m[MODEL] == pytest.approx(1.0, abs=1e-3)
     assert v.fde_m[fallback.CV] == pytest.approx(1.05, abs=1e-3)
-    assert (v.predictor, v.reason) == (fallback.CV, "physics_better")
+    assert (v.predictor, v.reason) == (fallback.CTRV, "physics_better")
 
 
 def test_best_physics_is_chosen_from_the_truth_not_assumed(model) -> None:
@@ -122,3 +123,15 @@ def test_best_physics_is_chosen_from_the_truth_not_assumed(model) -> None:
     assert v.fde_m[fallback.CTRV] > 1.0 > v.fde_m[fallback.CV]
     v = gate.judge(model)  # CV moved 1 m loses to CV: CV answers, not the CTRV fallback
     assert (v.predictor, v.reason) == (fallback.CV, "physics_better")
+
+
+@pytest.mark.parametrize(("yaw_rate", "switches"), [(0.003, False), (0.05, True)])
+def test_the_physics_answering_changes_only_for_a_clearly_better_one(yaw_rate, switches) -> None:
+    truth = Truth()
+    gate, _ = make_gate(truth)
+    w = windows(40, yaw_rate=yaw_rate)  # CTRV curves by what the sensor claims; truth is straight
+    truth.value = (w, cv_targets(w, 2.0))  # and 2 m east of CV: both physics are off
+    v = gate.judge(None)
+    ratio = v.fde_m[fallback.CTRV] / v.fde_m[fallback.CV] if v.fde_m[fallback.CV] else np.inf
+    assert (ratio > 1.05) == switches
+    assert v.physics == (fallback.CV if switches else fallback.CTRV)

@@ -197,7 +197,9 @@ def test_physics_answers_while_the_gate_finds_the_model_worse_and_the_model_afte
         svc._handle(record(seq, [frame("a", seq)]), now_ns())
     svc._answer_deferred()
     svc._flush_batches()
-    verdict = Verdict(predictor="cv", reason="physics_better", version=svc.model.version)
+    verdict = Verdict(
+        predictor="cv", physics="cv", reason="physics_better", version=svc.model.version
+    )
     svc.gate._record(verdict)
     svc._verdict = svc.gate.verdict(svc.model.version)
     svc._handle(record(2, [frame("a", 2)]), now_ns())
