@@ -45,8 +45,10 @@ class GatePolicy:
     """Fewer truth windows than this: the model is unproven and physics answers."""
     rejoin_margin: float = 0.02
     """A model not answering must beat physics by this fraction to answer."""
-    physics_margin: float = 0.05
-    """The physics predictor answering changes only for one better by this fraction."""
+    physics_margin: float = 0.15
+    """The physics predictor answering (CTRV at first) changes only for one better by this
+    fraction: choosing between CV and CTRV on lagged truth costs more than it wins unless
+    one is clearly wrong (a yaw-rate channel with the wrong sign or scale)."""
     every_s: float = 1.0
     """How often the serving model is re-judged."""
     yaw_eps: float = kinematics.STRAIGHT_YAW_RATE
