@@ -42,6 +42,7 @@ NS = 1_000_000_000
 PREDICTORS = ("model", "lagged", "gated", "cv", "ctrv", "ca")
 TUNABLE = (
     "steps_per_s", "batch_size", "fresh_fraction", "max_reuse", "lr", "residual_lr",
+    "residual_warmup_samples",
     "weight_decay", "huber_m", "hidden", "seed", "init_from", "replay_capacity",
 )  # fmt: skip
 

@@ -56,6 +56,9 @@ class TrainConfig:
     max_reuse: int = setting(16, "draws per sample over its life in the replay buffer")
     lr: float = setting(3e-3, "AdamW learning rate of the physics blend")
     residual_lr: float = setting(2e-4, "AdamW learning rate of the residual network")
+    residual_warmup_samples: int = setting(
+        5000, "residual lr ramps up linearly over this many trained samples (0 = off)"
+    )
     weight_decay: float = setting(1e-2, "AdamW decay of the residual network (to physics)")
     huber_m: float = setting(1.0, "loss: quadratic below this displacement error (m)")
     init_from: str = setting("", "warm start from these weights (drivestream pretrain)")
@@ -83,6 +86,8 @@ class TrainConfig:
             raise ConfigError("--lr must be > 0, --hidden >= 8, durations/restarts >= 0")
         if self.residual_lr <= 0 or self.weight_decay < 0 or self.huber_m <= 0:
             raise ConfigError("--residual-lr and --huber-m must be > 0, --weight-decay >= 0")
+        if self.residual_warmup_samples < 0:
+            raise ConfigError("--residual-warmup-samples must be >= 0")
         if self.max_reuse < 1:
             raise ConfigError(f"--max-reuse must be >= 1, got {self.max_reuse}")
         self.window()

@@ -229,6 +229,7 @@ class TrainLoop:
             loss = displacement_loss(self.ddp(x), y, w, self.cfg.huber_m) * (self.world / n_total)
             self.optim.zero_grad(set_to_none=False)
             loss.backward()
+            self.optim.param_groups[-1]["lr"] = self.residual_lr()
             self.optim.step()
         else:
             self.counters.empty_steps += 1
@@ -240,6 +241,14 @@ class TrainLoop:
         if self.counters.steps % self.cfg.sync_every_steps == 0 or stop_any:
             self.sync(final=stop_any)
         return stop_any
+
+    def residual_lr(self) -> float:
+        """The residual network's lr, ramped over its first trained samples: it has many
+        weights and, fitted to one vehicle's first seconds, learns the manoeuvre of the
+        moment (which a served model, a few seconds behind, no longer meets). The count is
+        the group's (all-reduced at sync), so every rank uses the same lr."""
+        ramp = self.cfg.residual_warmup_samples
+        return self.cfg.residual_lr * (min(1.0, self.counters.samples / ramp) if ramp else 1.0)
 
     # ---- sync with the parameter server ---------------------------------------------------
 

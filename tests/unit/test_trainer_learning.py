@@ -1,5 +1,6 @@
 """The model learns one vehicle fast: on a constant turn whose yaw-rate sensor is biased
-and noisy, test-then-train error drops below CTRV on that sensor within 40 s of log."""
+and noisy, test-then-train error drops below CTRV on that sensor within 40 s of log; and
+the residual network waits for its warm-up of samples while the blend learns at once."""
 
 from __future__ import annotations
 
@@ -61,3 +62,17 @@ def test_error_drops_below_ctrv_with_the_noisy_yaw_sensor_within_40_s() -> None:
     late = t > t.max() - 10
     assert model[late].mean() < 0.7 * ctrv[late].mean(), (model[late].mean(), ctrv[late].mean())
     assert model[late].mean() < 0.8 * np.array(untrained)[late].mean(), "it beat its prior"
+
+
+def test_residual_network_waits_for_data_while_the_blend_learns() -> None:
+    torch.set_num_threads(1)
+    cfg = TrainConfig(holdout_fraction=0.0, residual_warmup_samples=10**9)
+    start = build_model(DEFAULT_SPEC, cfg.hidden, cfg.seed)
+    with local_group():
+        loop = replay_log(cfg, turning_vehicle(10.0, 1))
+    ramp = cfg.residual_lr * loop.counters.samples / cfg.residual_warmup_samples
+    assert loop.counters.samples > 0 and loop.residual_lr() == ramp
+    blend, residual = loop.model.param_groups()
+    _, before = start.param_groups()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(residual, before, strict=True))
+    assert not torch.equal(blend[0], start.blend_bias), "the blend logits learnt"
