@@ -48,7 +48,7 @@ class ServeConfig:
     gate_window_s: float = setting(30.0, "never-worse gate: judge on truth of the last N seconds")
     gate_min_samples: int = setting(20, "never-worse gate: truth windows before a model answers")
     gate_rejoin_margin: float = setting(
-        0.02, "never-worse gate: a model must beat physics by this fraction to (re)join"
+        0.1, "never-worse gate: a model must beat physics by this fraction to (re)join"
     )
     cv_yaw_eps: float = setting(1e-3, "|yaw rate| below this uses constant velocity, rad/s")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")

@@ -43,8 +43,11 @@ class GatePolicy:
     """Judge on ground truth labelled in the last this many seconds."""
     min_samples: int = 20
     """Fewer truth windows than this: the model is unproven and physics answers."""
-    rejoin_margin: float = 0.02
-    """A model not answering must beat physics by this fraction to answer."""
+    rejoin_margin: float = 0.1
+    """A model not answering must beat physics by this fraction to answer: on lagged truth a
+    slimmer lead flips back and forth, and each flip answers the wrong stretch."""
+    physics_min_samples: int = 100
+    """Truth windows needed before the physics predictor answering may change."""
     physics_margin: float = 0.15
     """The physics predictor answering (CTRV at first) changes only for one better by this
     fraction: choosing between CV and CTRV on lagged truth costs more than it wins unless
@@ -146,7 +149,8 @@ class PredictorGate:
         }
         fde = {name: (e if np.isfinite(e) else np.inf) for name, e in fde.items()}
         enough = len(windows) >= self.policy.min_samples
-        phys = self._physics(fde) if enough else self._current.physics
+        settled = len(windows) >= self.policy.physics_min_samples
+        phys = self._physics(fde) if settled else self._current.physics
         answering = self._verdicts.get(version)
         was_model = answering is not None and answering.predictor == MODEL
         best = min(fde[p] for p in PHYSICS)

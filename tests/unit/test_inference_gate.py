@@ -116,7 +116,7 @@ def test_a_tie_does_not_let_a_model_in_and_a_new_version_must_win_clearly(model)
 def test_best_physics_is_chosen_from_the_truth_not_assumed(model) -> None:
     truth = Truth()
     gate, _ = make_gate(truth)
-    w = windows(40, yaw_rate=0.3)  # a yaw-rate sensor that lies: CTRV curves, the car does not
+    w = windows(120, yaw_rate=0.3)  # a yaw-rate sensor that lies: CTRV curves, the car does not
     truth.value = (w, cv_targets(w))
     v = gate.judge(None)
     assert v.predictor == fallback.CV and v.physics == fallback.CV
@@ -129,9 +129,20 @@ def test_best_physics_is_chosen_from_the_truth_not_assumed(model) -> None:
 def test_the_physics_answering_changes_only_for_a_clearly_better_one(yaw_rate, switches) -> None:
     truth = Truth()
     gate, _ = make_gate(truth)
-    w = windows(40, yaw_rate=yaw_rate)  # CTRV curves by what the sensor claims; truth is straight
+    w = windows(120, yaw_rate=yaw_rate)  # CTRV curves by what the sensor claims; truth is straight
     truth.value = (w, cv_targets(w, 2.0))  # and 2 m east of CV: both physics are off
     v = gate.judge(None)
     ratio = v.fde_m[fallback.CTRV] / v.fde_m[fallback.CV] if v.fde_m[fallback.CV] else np.inf
     assert (ratio > 1.15) == switches
     assert v.physics == (fallback.CV if switches else fallback.CTRV)
+
+
+def test_too_little_truth_never_changes_the_physics_answering(model) -> None:
+    truth = Truth()
+    gate, _ = make_gate(truth)
+    w = windows(60, yaw_rate=0.3)  # CV is far better, but 60 windows are not yet evidence
+    truth.value = (w, cv_targets(w))
+    assert gate.judge(None).physics == fallback.CTRV
+    w = windows(120, yaw_rate=0.3)
+    truth.value = (w, cv_targets(w))
+    assert gate.judge(None).physics == fallback.CV
