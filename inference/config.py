@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from schemas import topics
+from schemas import deadletter, topics
 from schemas.config import setting
 from schemas.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+_MAX_DEADLETTER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,7 +32,12 @@ class ServeConfig:
     device: str = setting("auto", "auto | cpu | cuda")
     intra_op_threads: int = setting(1, "ONNX Runtime intra-op threads (CPU)")
     metrics_port: int = setting(0, "Prometheus /metrics + /healthz port, 0=off")
-    metrics_host: str = setting("0.0.0.0", "address the metrics server binds")
+    metrics_host: str = setting(
+        "127.0.0.1", "address the metrics server binds (0.0.0.0 = every interface)"
+    )
+    max_deadletter_bytes: int = setting(
+        deadletter.MAX_BYTES, "largest dead letter; a larger bad record is cut (sha256 kept)"
+    )
     commit_interval_ms: int = setting(1000, "how often to flush predictions and commit offsets")
     max_poll_records: int = setting(500, "records taken per consumer poll")
     accuracy_tolerance: float = setting(
@@ -72,6 +78,12 @@ class ServeConfig:
             (0 <= self.gate_rejoin_margin < 1, "gate_rejoin_margin must be in [0, 1)"),
             (self.truth_capacity >= self.min_truth_samples, "truth_capacity < min_truth_samples"),
             (self.cv_yaw_eps >= 0, "cv_yaw_eps must be >= 0"),
+            (
+                deadletter.MIN_BYTES <= self.max_deadletter_bytes <= _MAX_DEADLETTER_BYTES,
+                f"max_deadletter_bytes must be {deadletter.MIN_BYTES}..{_MAX_DEADLETTER_BYTES} "
+                f"(and below the deadletter topic's max.message.bytes): "
+                f"{self.max_deadletter_bytes}",
+            ),
             (bool(self.group_id), "group_id must not be empty"),
         ]
         for ok, message in checks:

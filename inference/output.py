@@ -9,6 +9,7 @@ restart resumes from the last good commit and answers those frames again.
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from inference.errors import DeliveryError
 from inference.metrics import STAGES, ServeMetrics
 from schemas import deadletter, prediction
 from schemas.headers import now_ns
-from schemas.kafka import Consumer, KafkaSettings, Key, Message, Producer
+from schemas.kafka import Consumer, KafkaSettings, Key, Message, ProduceError, Producer
 
 log = logging.getLogger(__name__)
 
 _PRED_HEADERS = prediction.prediction_headers()
-_DL_HEADERS = deadletter.dead_letter_headers()
+_SAFE_NS = 2**62
+"""Stamps are clamped to [0, 2**62] (year 2116) if one would overflow int64: differences of
+two such values always fit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,8 @@ class Output:
         self._encoder = prediction.PredictionEncoder()
 
     def open(self, settings: KafkaSettings) -> None:
-        self.producer = Producer(settings).connect()  # the first prediction is not held back
+        # connect first: the first prediction is not held back
+        self.producer = Producer(settings, on_failure=self._refused).connect()
 
     def close(self) -> None:
         """Close the producer (it flushes); the consumer must be closed first (its revoke
@@ -128,10 +132,7 @@ class Output:
         n, source, m = len(items), answer.source, self.metrics
         self.stats[source] += n
         m.by_source[source].inc(n)
-        stamps = np.array(
-            [(it.t_produce_ns, it.t_consumed_ns, it.deadline_ns) for it in items], np.int64
-        ).T
-        produce, consumed, deadline = stamps
+        produce, consumed, deadline = _stamps(items)
         pub = np.array(published, np.int64)
         misses = int(np.count_nonzero(pub > deadline))
         if misses:
@@ -147,27 +148,56 @@ class Output:
         stages[5] = np.maximum(0, pub - produce)  # since_produce
         m.stage_latency.observe_many(stages / 1e9)
 
-    def dead_letter(self, msg: Message, reason: str) -> None:
-        """Send an undecodable record, raw bytes and headers kept, to the dead-letter topic."""
+    def dead_letter(self, msg: Message, reason: str, error: BaseException | None = None) -> None:
+        """Send an unusable record to the dead-letter topic: raw bytes and headers kept,
+        cut to max_deadletter_bytes if larger (sizes and sha256 of the original kept).
+
+        ``error`` defaults to the exception being handled, for its class name. A dead letter
+        the broker refuses for its size anyway is replaced by a minimal one (where, why,
+        sizes and sha256); any other failure stops the service like a lost prediction.
+        """
         assert self.producer is not None
-        dl = deadletter.DeadLetter(
-            msg.topic,
-            msg.partition,
-            msg.offset,
-            reason,
-            "inference",
-            msg.value or b"",
-            tuple(msg.headers),
+        error = error if error is not None else sys.exc_info()[1]
+        d = deadletter.of_record(
+            msg.topic, msg.partition, msg.offset, msg.value, msg.headers, reason, "inference", error
         )
-        self.producer.send(
-            self.config.deadletter_topic,
-            deadletter.encode_dead_letter(dl),
-            key=msg.key,
-            headers=_DL_HEADERS,
-        )
+        record = deadletter.dead_letter_record(d, msg.key, self.config.max_deadletter_bytes)
+        if record.cut:
+            self.stats["deadletter_cut"] += 1
+        try:
+            self._send(record)
+        except ProduceError as exc:  # librdkafka refused it at once
+            if not exc.too_large:
+                raise
+            self._send(deadletter.minimal_record(d, msg.key))
         self.stats["deadletter"] += 1
         self.metrics.deadletters.inc()
-        log.debug("deadletter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+        log.debug("deadletter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, d.reason)
+
+    def _send(self, record: deadletter.DeadLetterRecord) -> None:
+        assert self.producer is not None
+        self.producer.send(
+            self.config.deadletter_topic, record.value, key=record.key, headers=record.headers
+        )
+
+    def _refused(self, exc: ProduceError, sent: Message) -> bool:
+        """A dead letter the broker refused for its size: send a minimal one instead (this
+        runs inside the producer's poll/flush, so a commit after the flush covers it)."""
+        if sent.topic != self.config.deadletter_topic or not exc.too_large:
+            return False
+        d = deadletter.decode_dead_letter(sent.value)
+        if d.original is not None and not d.raw_value and not d.raw_headers:
+            return False  # already minimal: a real failure
+        log.warning(
+            "deadletter of %s[%d]@%d refused (%s): sending only its sizes and sha256",
+            d.source_topic,
+            d.partition,
+            d.offset,
+            exc,
+        )
+        self.stats["deadletter_minimal"] += 1
+        self._send(deadletter.minimal_record(d, sent.key))
+        return True
 
     def flush_delivered(self) -> None:
         """Flush the producer, then raise DeliveryError if anything failed to deliver."""
@@ -220,3 +250,13 @@ class Output:
         for key in keys:
             self.next_offset.pop(key, None)
             self.committed.pop(key, None)
+
+
+def _stamps(items: Sequence[Pending]) -> np.ndarray:
+    """``[3, n]`` int64 (t_produce, t_consumed, deadline) of a batch; never overflows."""
+    rows = [(it.t_produce_ns, it.t_consumed_ns, it.deadline_ns) for it in items]
+    try:
+        return np.array(rows, np.int64).T
+    except OverflowError:  # validation bounds stamps; this guards the arithmetic anyway
+        clamped = [[min(max(int(v), 0), _SAFE_NS) for v in row] for row in rows]
+        return np.array(clamped, np.int64).T

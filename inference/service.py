@@ -282,13 +282,14 @@ class InferenceService:
             t_produce = check_frame_headers(msg.headers)
             frames = decode_frames(msg.value)
         except ValidationError as exc:
-            self.output.dead_letter(msg, str(exc))
+            self.output.dead_letter(msg, str(exc), exc)
         else:
             deadline = t_produce + self._budget_ns
             for f in frames:
                 status = self.history.add(f, msg.partition)
                 if status.startswith("implausible"):  # kept out of history: never answered
-                    self.output.dead_letter(msg, f"frame {f.vehicle_id!r} seq {f.seq}: {status}")
+                    why = ValidationError("t_event_ns/seq/x/y", status)
+                    self.output.dead_letter(msg, f"frame {f.vehicle_id!r} seq {f.seq}: {why}", why)
                     continue
                 item = Pending(
                     f, None, msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline

@@ -1,4 +1,13 @@
-"""Typed errors for records, codecs and configuration."""
+"""Typed errors for records, codecs and configuration.
+
+DrivestreamError
+├── ConfigError                  a setting is missing or wrong
+│   ├── ClusterUnreachableError  no Kafka broker answered in time
+│   └── ClusterAuthError         a broker refused the TLS/SASL credentials
+└── ValidationError              a record is invalid (it goes to deadletter)
+    ├── SchemaVersionError       a schema this build cannot read
+    └── CodecError               bytes that do not decode
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,14 @@ class DrivestreamError(Exception):
 
 class ConfigError(DrivestreamError):
     """A setting is missing or out of range; the message says which and how to fix it."""
+
+
+class ClusterUnreachableError(ConfigError):
+    """No broker answered within the timeout; the message names the settings to check."""
+
+
+class ClusterAuthError(ConfigError):
+    """A broker refused the connection's credentials (SASL) or access (ACLs)."""
 
 
 class ValidationError(DrivestreamError):

@@ -8,6 +8,7 @@ Lives in ``schemas`` because every stage needs it and stages import nothing but 
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import re
 import time
@@ -17,11 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import confluent_kafka
+import confluent_kafka.admin
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    AuthorizationError,
+    KafkaError,
+    SaslAuthenticationFailedError,
+    TopicAlreadyExistsError,
+)
 
-from schemas.errors import ConfigError
-from schemas.headers import Headers
+from schemas.config import env_name
+from schemas.errors import ClusterAuthError, ClusterUnreachableError, ConfigError
+from schemas.headers import UNREADABLE, Headers
 from schemas.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -57,39 +65,109 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 @dataclass(frozen=True, kw_only=True)
 class KafkaSettings:
-    """Where the cluster is and how to authenticate; SASL/SSL are passed straight through."""
+    """Where the cluster is and how to authenticate; every producer, consumer and topic
+    admin gets the same security settings.
+
+    From the environment (:meth:`from_env`): ``DRIVESTREAM_BOOTSTRAP``,
+    ``DRIVESTREAM_SECURITY_PROTOCOL`` (PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL),
+    ``DRIVESTREAM_SASL_MECHANISM`` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512),
+    ``DRIVESTREAM_SASL_USERNAME``, ``DRIVESTREAM_SASL_PASSWORD``, ``DRIVESTREAM_SSL_CAFILE``
+    (PEM CA bundle the broker certificate is checked against), and for mutual TLS
+    ``DRIVESTREAM_SSL_CERTFILE``, ``DRIVESTREAM_SSL_KEYFILE`` (PEM client certificate and
+    private key) and ``DRIVESTREAM_SSL_KEY_PASSWORD`` (if the key is encrypted).
+    """
 
     bootstrap: str = "127.0.0.1:9092"
     client_id: str = "drivestream"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    ssl_key_password: str | None = field(default=None, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
     """Any other librdkafka setting (``"socket.keepalive.enable": True``) for every producer
     and consumer; topic admin (kafka-python) gets only the connection and security ones."""
 
     def __post_init__(self) -> None:
         if not self.bootstrap or any(":" not in h for h in self.bootstrap.split(",")):
             raise ConfigError(f"bootstrap must be host:port[,host:port], got {self.bootstrap!r}")
+        object.__setattr__(self, "security_protocol", self.security_protocol.upper())
+        if self.sasl_mechanism is not None:
+            object.__setattr__(self, "sasl_mechanism", self.sasl_mechanism.upper())
+        for problem in self._problems():
+            raise ConfigError(problem)
+
+    def _problems(self) -> Iterable[str]:
+        """What is wrong with the security settings, as messages naming the variable."""
+        proto = self.security_protocol
+        if proto not in SECURITY_PROTOCOLS:
+            yield f"{env_name('security_protocol')} must be one of {SECURITY_PROTOCOLS}: {proto!r}"
+        sasl = proto.startswith("SASL_")
+        tls = proto in ("SSL", "SASL_SSL")
+        sasl_set = [
+            n for n in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, n)
+        ]
+        if sasl and len(sasl_set) < 3:
+            yield (
+                f"{env_name('security_protocol')}={proto} needs {env_name('sasl_mechanism')} "
+                f"(one of {', '.join(SASL_MECHANISMS)}), {env_name('sasl_username')} and "
+                f"{env_name('sasl_password')}"
+            )
+        if sasl_set and not sasl:
+            yield (
+                f"{', '.join(env_name(n) for n in sasl_set)} set but "
+                f"{env_name('security_protocol')} is {proto}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if self.sasl_mechanism and self.sasl_mechanism not in SASL_MECHANISMS:
+            yield (
+                f"{env_name('sasl_mechanism')} must be one of {', '.join(SASL_MECHANISMS)}, "
+                f"got {self.sasl_mechanism!r}"
+            )
+        files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        ssl_set = [n for n in (*files, "ssl_key_password") if getattr(self, n)]
+        if ssl_set and not tls:
+            yield (
+                f"{', '.join(env_name(n) for n in ssl_set)} set but "
+                f"{env_name('security_protocol')} is {proto}: use SSL or SASL_SSL"
+            )
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            yield (
+                f"mutual TLS needs both {env_name('ssl_certfile')} (client certificate) and "
+                f"{env_name('ssl_keyfile')} (its private key)"
+            )
+        if self.ssl_key_password and not self.ssl_keyfile:
+            yield f"{env_name('ssl_key_password')} set without {env_name('ssl_keyfile')}"
+        for name in files:
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                yield f"{env_name(name)}={path}: no such file"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> KafkaSettings:
-        """Settings from DRIVESTREAM_BOOTSTRAP (and friends), then ``overrides``."""
-        env = {
-            "bootstrap": os.environ.get(BOOTSTRAP_ENV),
-            "security_protocol": os.environ.get("DRIVESTREAM_SECURITY_PROTOCOL"),
-            "sasl_mechanism": os.environ.get("DRIVESTREAM_SASL_MECHANISM"),
-            "sasl_username": os.environ.get("DRIVESTREAM_SASL_USERNAME"),
-            "sasl_password": os.environ.get("DRIVESTREAM_SASL_PASSWORD"),
-            "ssl_cafile": os.environ.get("DRIVESTREAM_SSL_CAFILE"),
-        }
-        values: dict[str, Any] = {k: v for k, v in env.items() if v}
+        """Settings from DRIVESTREAM_BOOTSTRAP and the security variables (see the class
+        docstring), then ``overrides`` (those not None)."""
+        names = (
+            "bootstrap",
+            "security_protocol",
+            "sasl_mechanism",
+            "sasl_username",
+            "sasl_password",
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "ssl_key_password",
+        )
+        values: dict[str, Any] = {n: os.environ.get(env_name(n)) for n in names}
+        values = {k: v for k, v in values.items() if v}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -102,11 +180,12 @@ class KafkaSettings:
         }
         optional = {
             "sasl_mechanism": self.sasl_mechanism,
-            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_username": self.sasl_username,  # kafka-python's name for PLAIN and SCRAM
             "sasl_plain_password": self.sasl_password,
             "ssl_cafile": self.ssl_cafile,
             "ssl_certfile": self.ssl_certfile,
             "ssl_keyfile": self.ssl_keyfile,
+            "ssl_password": self.ssl_key_password,
         }
         cfg.update({k: v for k, v in optional.items() if v is not None})
         return cfg
@@ -125,10 +204,20 @@ class KafkaSettings:
             "ssl.ca.location": self.ssl_cafile,
             "ssl.certificate.location": self.ssl_certfile,
             "ssl.key.location": self.ssl_keyfile,
+            "ssl.key.password": self.ssl_key_password,
         }
         cfg.update({k: v for k, v in optional.items() if v is not None})
         cfg.update(self.extra)
         return cfg
+
+    def check_hint(self) -> str:
+        """Which settings decide whether the cluster can be reached, for an error message."""
+        names = ["bootstrap", "security_protocol"]
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            names += ["ssl_cafile"] + (["ssl_certfile", "ssl_keyfile"] if self.ssl_certfile else [])
+        if self.security_protocol.startswith("SASL_"):
+            names += ["sasl_mechanism", "sasl_username", "sasl_password"]
+        return ", ".join(env_name(n) for n in names)
 
 
 class Message(NamedTuple):
@@ -147,12 +236,13 @@ _IDEMP_ASSIGNED = re.compile(r'"idemp_state":\s*"Assigned"')
 
 
 def _rdkafka(
-    defaults: dict[str, Any], settings: KafkaSettings, overrides: dict[str, Any]
+    defaults: dict[str, Any], settings: KafkaSettings, overrides: dict[str, Any], errors: _ErrorLog
 ) -> dict[str, Any]:
     """A librdkafka client's config: defaults, then the cluster settings, then the caller's
     overrides (librdkafka names with dots as underscores); logs go to Python logging."""
     return {
         **defaults,
+        "error_cb": errors,
         **settings.rdkafka_config(),
         **{k.replace("_", "."): v for k, v in overrides.items()},
         "logger": logging.getLogger("librdkafka"),
@@ -168,7 +258,72 @@ def _partitions(client: Any, topic: str, timeout_s: float) -> set[int]:
 
 
 class ProduceError(Exception):
-    """A record was not delivered, or not in time."""
+    """A record was not delivered, or not in time; ``code`` is librdkafka's error name."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def too_large(self) -> bool:
+        """The broker (or librdkafka's own limit) refused the record for its size."""
+        return self.code in _TOO_LARGE
+
+
+_TOO_LARGE = {"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"}
+
+
+class _ErrorLog:
+    """librdkafka's error_cb: keeps the last client-level error (an authentication
+    failure, all brokers down) so a failed connect can say why in one line."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.last: confluent_kafka.KafkaError | None = None
+        self.refused: confluent_kafka.KafkaError | None = None
+        """The last authentication or authorization failure."""
+        self._quiet = quiet
+
+    def __call__(self, err: confluent_kafka.KafkaError) -> None:
+        if err.code() in _AUTH_CODES:
+            self.refused = err
+        if err.code() != confluent_kafka.KafkaError._ALL_BROKERS_DOWN or self.last is None:
+            self.last = err  # keep the reason, not the "1/1 brokers are down" that follows
+        if not self._quiet:
+            log.warning("kafka: %s", err.str())
+
+    def failure(self, settings: KafkaSettings, what: str) -> ConfigError:
+        """The typed error for ``what`` not happening, naming the settings to check."""
+        if self.refused is not None:
+            return ClusterAuthError(
+                f"{settings.bootstrap} refused this client ({self.refused.str()}): check "
+                f"{settings.check_hint()}"
+            )
+        err = self.last
+        detail = f" (last error: {err.str()})" if err is not None else ""
+        return ClusterUnreachableError(
+            f"{what} from {settings.bootstrap}{detail}: is the broker up? check "
+            f"{settings.check_hint()}"
+        )
+
+
+_AUTH_CODES = {
+    confluent_kafka.KafkaError._AUTHENTICATION,
+    confluent_kafka.KafkaError.SASL_AUTHENTICATION_FAILED,
+    confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    confluent_kafka.KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+}
+
+
+def _produce_error(err: Any, topic: str = "") -> ProduceError:
+    """A ProduceError from a librdkafka KafkaError (or whatever KafkaException carried)."""
+    if isinstance(err, confluent_kafka.KafkaError):
+        where = f" (topic {topic!r})" if topic else ""
+        return ProduceError(f"{err.name()}: {err.str()}{where}", code=err.name())
+    return ProduceError(str(err))
+
+
+FailureHandler = Callable[[ProduceError, "Message"], bool]
+"""Sees a failed delivery (the error, the record) first; True when it dealt with it."""
 
 
 class Producer:
@@ -178,12 +333,20 @@ class Producer:
     (BENCHMARKS.md), which is most of a serving instance's budget per frame at 5,000/s.
     Delivery failures are counted in ``failures`` (and logged): a caller that commits input
     offsets after a flush compares the count before and after, so a lost record is never
-    committed past. Overrides are librdkafka settings with dots as underscores
-    (``linger_ms=5``).
+    committed past. ``on_failure`` sees each failure first (on the thread that polls or
+    flushes) and may deal with it instead, e.g. by sending a smaller record. Overrides are
+    librdkafka settings with dots as underscores (``linger_ms=5``).
     """
 
-    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
-        self._config = _rdkafka(PRODUCER_DEFAULTS, settings, overrides)
+    def __init__(
+        self, settings: KafkaSettings, *, on_failure: FailureHandler | None = None, **overrides: Any
+    ) -> None:
+        self._settings = settings
+        self._on_failure = on_failure
+        self._in_callback = False
+        """Set while on_failure runs inside poll()/flush(): sends from there must not poll."""
+        self._errors = _ErrorLog()
+        self._config = _rdkafka(PRODUCER_DEFAULTS, settings, overrides, self._errors)
         self._producer: confluent_kafka.Producer | None = None
         self._ready = str(self._config.get("enable.idempotence")).lower() not in ("true", "1")
         self.failures = 0
@@ -215,7 +378,7 @@ class Producer:
         before its first timed record. Readiness comes from librdkafka's statistics, which a
         connected producer then reports every 100 ms: its owner must send or :meth:`poll`
         regularly (the serving loop polls every step). Raises ConfigError if the cluster
-        does not answer.
+        does not answer (ClusterAuthError if it refused the credentials).
         """
         if self._producer is not None:
             raise RuntimeError("connect() starts the client: call it before the first send")
@@ -228,11 +391,8 @@ class Producer:
         client = self.client
         deadline = time.monotonic() + timeout_s
         while not self._ready:
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"no producer id from {self._config['bootstrap.servers']} within "
-                    f"{timeout_s}s: is the broker up?"
-                )
+            if time.monotonic() > deadline or self._errors.refused is not None:
+                raise self._errors.failure(self._settings, f"no producer id within {timeout_s}s")
             client.poll(0.02)
         return self
 
@@ -244,7 +404,11 @@ class Producer:
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> None:
-        """Queue one record (waiting while librdkafka's queue is full); errors are counted."""
+        """Queue one record (waiting while librdkafka's queue is full); errors are counted.
+
+        Raises ProduceError if librdkafka refuses the record at once (larger than its
+        ``message.max.bytes``, say).
+        """
         self._produce(topic, value, key, headers, partition, self._on_delivery)
 
     def send_and_wait(
@@ -293,12 +457,17 @@ class Producer:
                     key,
                     -1 if partition is None else partition,
                     on_delivery,
-                    headers=headers,  # type: ignore[arg-type]  # list invariance: bytes values are fine
+                    headers=headers,  # type: ignore[arg-type]  # None values are fine
                 )
                 break
-            except BufferError:  # local queue full: serve deliveries, then retry
+            except BufferError as exc:  # local queue full: serve deliveries, then retry
+                if self._in_callback:
+                    raise ProduceError("librdkafka's queue is full", "_QUEUE_FULL") from exc
                 client.poll(0.05)
-        client.poll(0)
+            except confluent_kafka.KafkaException as exc:  # refused at once (size, topic name)
+                raise _produce_error(exc.args[0], topic) from exc
+        if not self._in_callback:  # a poll nested in a callback's poll aborts confluent-kafka
+            client.poll(0)
 
     def poll(self) -> None:
         """Serve what librdkafka reported (delivery failures, statistics) without waiting."""
@@ -308,9 +477,27 @@ class Producer:
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
             return
+        if self._on_failure is not None and self._handled(_produce_error(err), msg):
+            return
         self.failures += 1
-        self.last_error = ProduceError(f"{err.name()}: {err.str()}")
+        self.last_error = _produce_error(err)
         log.error("send to %s failed: %s", msg.topic(), self.last_error)
+
+    def _handled(self, exc: ProduceError, msg: Any) -> bool:
+        """Ask ``on_failure``; one that raises has not dealt with it (and must not raise out
+        of librdkafka's delivery callback)."""
+        assert self._on_failure is not None
+        record = Message(
+            msg.topic(), msg.partition(), -1, 0, msg.key(), msg.value() or b"", _headers_of(msg)
+        )
+        self._in_callback = True
+        try:
+            return bool(self._on_failure(exc, record))
+        except Exception:
+            log.exception("on_failure raised; counting the failed delivery")
+            return False
+        finally:
+            self._in_callback = False
 
     def partitions_for(self, topic: str, timeout_s: float = 10.0) -> set[int]:
         """The topic's partitions, or an empty set when the cluster does not have it."""
@@ -353,6 +540,22 @@ class RebalanceListener(Protocol):
     def on_lost(self, keys: set[Key]) -> None: ...
 
 
+_HEADERS = operator.methodcaller("headers")
+"""``m.headers()`` through a call path that checks for a pending error: on a key that is not
+UTF-8, confluent-kafka returns a list *and* sets an error, which CPython's specialised
+method call in a hot loop does not check, so it would surface later, anywhere."""
+
+
+def _headers_of(m: confluent_kafka.Message) -> Headers:
+    """A record's headers; if the client cannot read them (confluent-kafka fails on a key
+    that is not UTF-8), one UNREADABLE header saying why, which check_schema rejects."""
+    try:
+        return _HEADERS(m) or []  # type: ignore[no-any-return]  # (str, bytes | None) pairs
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc.__cause__ or exc}"[:200]
+        return [(UNREADABLE, why.encode("utf-8", "replace"))]
+
+
 class Consumer:
     """Lazy consumer on librdkafka returning :class:`Message` lists; by group or assign.
 
@@ -370,7 +573,11 @@ class Consumer:
     ) -> None:
         # librdkafka wants a group id even to assign; an assign-only one never joins it
         group = group_id or f"drivestream-assign-{uuid.uuid4().hex}"
-        self._config = _rdkafka({**CONSUMER_DEFAULTS, "group.id": group}, settings, overrides)
+        self._settings = settings
+        self._errors = _ErrorLog()
+        self._config = _rdkafka(
+            {**CONSUMER_DEFAULTS, "group.id": group}, settings, overrides, self._errors
+        )
         self._topics = list(topics)
         self._default_start = (  # a throwaway group has nothing committed: skip the lookup
             confluent_kafka.OFFSET_STORED if group_id else confluent_kafka.OFFSET_BEGINNING
@@ -444,6 +651,8 @@ class Consumer:
             if parts:
                 return parts
             if time.monotonic() > deadline:
+                if self._errors.last is not None:  # no metadata at all: not a missing topic
+                    raise self._errors.failure(self._settings, f"no metadata for {topic!r}")
                 raise ConfigError(
                     f"topic {topic!r} not found on {self._config['bootstrap.servers']}; "
                     "create it first (drivestream topics)"
@@ -521,7 +730,7 @@ class Consumer:
                     m.timestamp()[1],
                     m.key(),
                     m.value() or b"",  # a tombstone (no value) reads as empty
-                    m.headers() or [],  # type: ignore[arg-type]  # we send bytes values
+                    _headers_of(m),
                 )
             )
         return out
@@ -558,15 +767,27 @@ class Consumer:
         self.close()
 
 
+CONNECT_TIMEOUT_S = 10.0
+"""How long topic admin tries to reach the cluster before it says why it cannot."""
+
+
 def ensure_topics(
-    settings: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30
+    settings: KafkaSettings,
+    specs: Iterable[TopicSpec],
+    timeout_s: float = 30,
+    connect_timeout_s: float | None = None,
 ) -> list[str]:
     """Create missing topics with their configs; existing ones are left as they are.
 
     Returns the names created. Idempotent: running it twice creates nothing the second time.
+    A cluster that does not answer within ``connect_timeout_s`` (default CONNECT_TIMEOUT_S) is
+    a ClusterUnreachableError, one that refuses the credentials a ClusterAuthError (see
+    :func:`check_cluster`).
     """
     specs = list(specs)
-    admin = KafkaAdminClient(**settings.client_config(), request_timeout_ms=int(timeout_s * 1000))
+    connect_timeout_s = CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
+    check_cluster(settings, connect_timeout_s)  # says why in one line, and fast if refused
+    admin = _admin(settings, connect_timeout_s, timeout_s)
     try:
         existing = set(admin.list_topics())
         todo = [s for s in specs if s.name not in existing]
@@ -582,9 +803,52 @@ def ensure_topics(
             _wait_for_metadata(admin, created, timeout_s)
         return created
     except KafkaError as exc:
+        if isinstance(exc, (SaslAuthenticationFailedError, AuthorizationError)):
+            raise ClusterAuthError(
+                f"{settings.bootstrap} refused topic admin ({exc}): check the ACLs of "
+                f"{settings.sasl_username or 'this client'} and {settings.check_hint()}"
+            ) from exc
         raise ConfigError(f"cannot create topics on {settings.bootstrap}: {exc}") from exc
     finally:
         admin.close()
+
+
+def check_cluster(settings: KafkaSettings, timeout_s: float | None = None) -> None:
+    """Return once the cluster answers a metadata request over librdkafka (the client every
+    service uses) with these settings; else ClusterAuthError at the first refused login, or
+    ClusterUnreachableError after ``timeout_s`` (default CONNECT_TIMEOUT_S), with
+    librdkafka's reason and the settings to check, in one line."""
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
+    errors = _ErrorLog(quiet=True)
+    cfg = {**settings.rdkafka_config(), "error_cb": errors, "log_level": 0}
+    try:
+        client = confluent_kafka.admin.AdminClient(cfg)
+    except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"bad Kafka client settings: {exc}") from exc
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.list_topics(timeout=max(0.05, min(0.5, deadline - time.monotonic())))
+            return
+        except confluent_kafka.KafkaException:
+            client.poll(0)  # serves error_cb
+            if errors.refused or time.monotonic() >= deadline:
+                raise errors.failure(settings, f"no answer within {timeout_s:g}s") from None
+
+
+def _admin(settings: KafkaSettings, connect_timeout_s: float, timeout_s: float) -> KafkaAdminClient:
+    """A connected kafka-python admin client, or ClusterUnreachableError."""
+    try:
+        return KafkaAdminClient(
+            **settings.client_config(),
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+        )
+    except KafkaError as exc:
+        raise ClusterUnreachableError(
+            f"topic admin (kafka-python) could not bootstrap from {settings.bootstrap} within "
+            f"{connect_timeout_s:g}s ({exc}): check {settings.check_hint()}"
+        ) from exc
 
 
 def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
