@@ -368,9 +368,11 @@ class TrainLoop:
         g = self.group_metrics
         h = f"{self.spec.max_horizon_s:g}"
         fde = "/".join(f"{g.get(f'holdout.{p}.fde@{h}', float('nan')):.2f}" for p in m.PREDICTORS)
+        dropped = {k: n for k, n in self.windower.stats.as_dict().items() if k != "samples" and n}
         return (
             f"train rank=0/{self.world} steps={self.counters.steps} "
             f"samples={self.counters.samples} version={self.base_version} "
             f"buffer={len(self.replay)} vehicles={len(self.windower)} "
-            f"holdout_fde@{h}s model/cv/ctrv={fde}"
+            f"holdout_fde@{h}s model/cv/ctrv={fde} "
+            f"not_sampled(rank 0)={dropped or 0}"
         )
