@@ -1,13 +1,17 @@
 """Child processes of ``drivestream up``: started in their own process groups, logged to
-files, and always stopped as whole groups (SIGTERM, then SIGKILL) so nothing is orphaned."""
+files, and always stopped as whole groups (SIGTERM, then SIGKILL) so nothing is orphaned.
+On Linux each child also asks the kernel for SIGTERM when its parent dies, so even a
+SIGKILLed ``up`` leaves no service running (torchrun passes it on to its ranks)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +58,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 env=self._env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         child = Child(name, proc, log_path)
         self.children.append(child)
@@ -87,6 +92,15 @@ class Supervisor:
         for child in reversed(self.children):
             if child.running or _group_alive(child.proc.pid):
                 self.stop(child, timeout_s)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
