@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline.supervisor import die_with_parent
 from schemas.errors import DrivestreamError
 
 # verb -> (module, add-arguments function, run function, one-line help)
@@ -72,6 +73,7 @@ def _load(module: str, name: str) -> Callable[..., Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_parent()
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(chosen).parse_args(argv)

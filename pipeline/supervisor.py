@@ -1,7 +1,8 @@
 """Child processes of ``drivestream up``: started in their own process groups, logged to
 files, and always stopped as whole groups (SIGTERM, then SIGKILL) so nothing is orphaned.
-On Linux each child also asks the kernel for SIGTERM when its parent dies, so even a
-SIGKILLed ``up`` leaves no service running (torchrun passes it on to its ranks)."""
+On Linux each child also asks the kernel for SIGTERM when its parent dies (see
+:func:`die_with_parent`, called first thing by ``pipeline.cli``), so even a SIGKILLed ``up``
+leaves no service running (torchrun passes it on to its ranks)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+PARENT_ENV = "DRIVESTREAM_PARENT_PID"
+"""Set for every child: the pid it must not outlive."""
 
 
 @dataclass
@@ -44,7 +48,7 @@ class Supervisor:
     def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.log_dir = log_dir
         self.children: list[Child] = []
-        self._env = {**os.environ, **(env or {})}
+        self._env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
 
     def start(self, name: str, argv: Sequence[str], nice: int = 0) -> Child:
         """Start ``argv`` logging to ``<log_dir>/<name>.log``; ``nice`` lowers its priority."""
@@ -58,7 +62,6 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         child = Child(name, proc, log_path)
         self.children.append(child)
@@ -97,10 +100,19 @@ class Supervisor:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+def die_with_parent() -> None:
+    """SIGTERM this process when the supervisor that started it dies (Linux; else no-op).
+
+    Done in the child itself rather than in a pre-exec hook (unsafe with threads in the
+    parent); if the parent died before the request took effect, exit now.
+    """
+    parent = os.environ.pop(PARENT_ENV, "")
+    if not parent.isdigit() or sys.platform != "linux":
+        return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(parent):
+        raise SystemExit(f"parent {parent} is gone; not starting")
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -16,7 +16,8 @@ import sys, time
 from pathlib import Path
 from pipeline.supervisor import Supervisor
 sup = Supervisor(Path(sys.argv[1]))
-child = sup.start("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"])
+code = "from pipeline.supervisor import die_with_parent as d; d(); import time; time.sleep(120)"
+child = sup.start("sleeper", [sys.executable, "-c", code])
 print(child.proc.pid, flush=True)
 time.sleep(120)
 """
