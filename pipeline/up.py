@@ -13,7 +13,6 @@ import json
 import logging
 import signal
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -91,7 +90,6 @@ class Up:
         self.names = TopicNames(config.topic_prefix or f"run-{stamp}-")
         self.supervisor = Supervisor(self.run_dir / "logs")
         self.broker: LocalBroker | None = None
-        self._stop = threading.Event()
 
     # --- steps --------------------------------------------------------------------------
     def _bootstrap(self) -> str:
@@ -210,7 +208,7 @@ class Up:
 
     # --- the run ------------------------------------------------------------------------
     def run(self) -> int:
-        previous = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends up like Ctrl-C
         client: ReportClient | None = None
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -252,7 +250,7 @@ class Up:
         replay = next(c for c in self.supervisor.children if c.name == "replay")
         start = time.monotonic()
         last_status = 0.0
-        while not self._stop.is_set():
+        while True:
             client.poll(timeout_ms=100)
             now = time.monotonic()
             if now - last_status >= 1.0:
@@ -292,6 +290,11 @@ class Up:
         _say(f"report, plots and logs in {self.run_dir}/")
         failed = self.supervisor.failed()
         return 1 if failed or not report["latency"].get("count") else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Whatever ``up`` is doing (starting, waiting, draining), stop it now."""
+    raise KeyboardInterrupt
 
 
 def _describe_log(path: str, duration_s: float) -> None:

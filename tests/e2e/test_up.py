@@ -135,3 +135,31 @@ def test_ctrl_c_stops_every_child_and_still_reports(tmp_path):
     assert "end-to-end" in out, err[-3000:]  # the report of what was measured so far
     assert list(run_dir.glob("*/report/report.json"))
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_sigterm_while_services_start_ends_up_within_seconds(tmp_path):
+    run_dir = tmp_path / "runs"
+    env = isolated_env(tmp_path)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "up", "--vehicles", "2", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(run_dir.glob("*/logs/serve.log")):
+            assert up.poll() is None, up.communicate()[1][-3000:]
+            time.sleep(0.2)
+        assert list(run_dir.glob("*/logs/serve.log")), "up never started the services"
+        t0 = time.monotonic()
+        up.send_signal(signal.SIGTERM)  # while it waits for serve to join its group
+        _, err = up.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert "interrupted: stopping every service" in err, err[-3000:]
+    assert took < 30, f"up took {took:.1f} s to stop"
+    assert processes_mentioning(str(tmp_path)) == []
