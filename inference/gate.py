@@ -41,6 +41,8 @@ class GatePolicy:
 
     window_s: float = 30.0
     """Judge on ground truth labelled in the last this many seconds."""
+    short_window_s: float = 10.0
+    """An answering model must also not lose over this newest stretch."""
     min_samples: int = 20
     """Fewer truth windows than this: the model is unproven and physics answers."""
     rejoin_margin: float = 0.1
@@ -71,6 +73,15 @@ class Verdict:
 
     physics: str = fallback.CTRV
     """The physics predictor that answers when the model does not."""
+
+
+def _means(errors: dict[str, np.ndarray], newest: int) -> dict[str, float]:
+    """Mean error of each predictor over the ``newest`` samples (inf if not finite)."""
+    out = {}
+    for name, e in errors.items():
+        m = float(np.mean(e[len(e) - newest :])) if newest else np.inf
+        out[name] = m if np.isfinite(m) else np.inf
+    return out
 
 
 def physics_predictions(
@@ -143,11 +154,10 @@ class PredictorGate:
             except Exception:  # a model that cannot run on truth cannot answer either
                 log.exception("v%d failed on %d truth windows", version, len(windows))
                 preds[MODEL] = np.full_like(targets, np.nan)
-        fde = {
-            name: float(np.mean(np.linalg.norm(p[:, -1] - targets[:, -1], axis=-1)))
-            for name, p in preds.items()
-        }
-        fde = {name: (e if np.isfinite(e) else np.inf) for name, e in fde.items()}
+        errors = {n: np.linalg.norm(p[:, -1] - targets[:, -1], axis=-1) for n, p in preds.items()}
+        fde = _means(errors, len(windows))
+        n_short = len(self._truth(self.policy.short_window_s)[0])
+        recent = _means(errors, n_short)
         enough = len(windows) >= self.policy.min_samples
         settled = len(windows) >= self.policy.physics_min_samples
         phys = self._physics(fde) if settled else self._current.physics
@@ -155,7 +165,14 @@ class PredictorGate:
         was_model = answering is not None and answering.predictor == MODEL
         best = min(fde[p] for p in PHYSICS)
         bar = best if was_model else best * (1 - self.policy.rejoin_margin)
-        if model is not None and enough and fde[MODEL] <= bar:
+        # a model answering also leaves as soon as it loses on the newest stretch alone: a
+        # good half-minute behind it must not hide a manoeuvre it gets wrong now
+        slipping = (
+            was_model
+            and n_short >= self.policy.min_samples
+            and recent[MODEL] > min(recent[p] for p in PHYSICS)
+        )
+        if model is not None and enough and fde[MODEL] <= bar and not slipping:
             predictor, reason = MODEL, ""
         else:
             predictor = phys

@@ -7,24 +7,17 @@ The logs are real recordings in foreign formats kept outside the repository (see
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from tests.e2e.test_up import isolated_env, processes_mentioning
+from tests.real_logs import MISSING, REAL
 
 pytestmark = pytest.mark.e2e
 
-CANDIDATES = [
-    os.environ.get("DRIVESTREAM_REAL_LOGS", ""),
-    str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"),
-    "/work/shared/data/real",
-]
-REAL = next((Path(c) for c in CANDIDATES if c and (Path(c) / "README.md").exists()), None)
 LOGS = ["datalogger_car_2014-02-14.csv", "sensorlog_motorbike_2016-08-09.csv"]
 
 
@@ -39,7 +32,7 @@ def cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.Completed
     )
 
 
-@pytest.mark.skipif(REAL is None, reason=f"real dev logs not found in {CANDIDATES}")
+@pytest.mark.skipif(REAL is None, reason=MISSING)
 @pytest.mark.parametrize("name", LOGS)
 def test_a_real_log_imports_with_no_flags_and_serving_is_never_worse_than_physics(tmp_path, name):
     assert REAL is not None

@@ -25,8 +25,8 @@ from ingest.importer import NO_POSITION, ImportOptions
 from ingest.mapping import SPEED_UNITS, given_fields
 from ingest.source import read_source
 from schemas.errors import ConfigError
+from tests.real_logs import MISSING, REAL
 
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 ORIGIN = (48.1372, 11.5755)
 
 
@@ -283,7 +283,7 @@ def test_command_prints_the_decisions_to_stderr(
     assert "contradicts the data" in capsys.readouterr().err
 
 
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real dev logs not at {REAL}")
+needs_real = pytest.mark.skipif(REAL is None, reason=MISSING)
 
 
 @needs_real

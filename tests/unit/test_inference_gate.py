@@ -146,3 +146,23 @@ def test_too_little_truth_never_changes_the_physics_answering(model) -> None:
     w = windows(120, yaw_rate=0.3)
     truth.value = (w, cv_targets(w))
     assert gate.judge(None).physics == fallback.CV
+
+
+def test_an_answering_model_leaves_when_it_loses_the_newest_stretch(model) -> None:
+    w = windows(110)
+    targets = cv_targets(w, 1.0)  # the model is right on the older 80 windows...
+    targets[80:] = cv_targets(w[80:])  # ...and 1 m off on the newest 30, where physics is exact
+
+    class Split(Truth):
+        def __call__(self, within_s: float) -> tuple[np.ndarray, np.ndarray]:
+            k = 30 if within_s <= 10 else 110
+            return self.value[0][-k:], self.value[1][-k:]
+
+    truth = Split()
+    gate, _ = make_gate(truth)
+    truth.value = (w[:80], targets[:80])
+    assert gate.judge(model).predictor == MODEL
+    truth.value = (w, targets)
+    v = gate.judge(model)
+    assert v.fde_m[MODEL] < v.fde_m[fallback.CV]  # still ahead over the 30 s window
+    assert (v.predictor, v.reason) == (fallback.CTRV, "physics_better")
