@@ -161,14 +161,14 @@ class PredictorGate:
         enough = len(windows) >= self.policy.min_samples
         settled = len(windows) >= self.policy.physics_min_samples
         phys = self._physics(fde) if settled else self._current.physics
-        answering = self._verdicts.get(version)
-        was_model = answering is not None and answering.predictor == MODEL
+        # "the model" answering, whichever version: each new export must not reset that
+        was_model = self._current.predictor == MODEL
         best = min(fde[p] for p in PHYSICS)
         bar = best if was_model else best * (1 - self.policy.rejoin_margin)
-        # a model answering also leaves as soon as it loses on the newest stretch alone: a
-        # good half-minute behind it must not hide a manoeuvre it gets wrong now
+        # nor may it answer while it loses over the newest stretch alone: a good half-minute
+        # behind it must not hide a manoeuvre it gets wrong now
         slipping = (
-            was_model
+            model is not None
             and n_short >= self.policy.min_samples
             and recent[MODEL] > min(recent[p] for p in PHYSICS)
         )
