@@ -2,8 +2,11 @@
 
 The serving model, constant velocity (CV) and constant turn rate (CTRV, the fallback's rule:
 CV below ``yaw_eps``) are scored on the same recent windows whose future positions have
-arrived (:meth:`inference.history.HistoryStore.truth`), by their mean error at the longest
-horizon. The model answers only while it is better than the best physics predictor; otherwise
+arrived (:meth:`inference.history.HistoryStore.scored_truth`), by their mean error at the
+longest horizon. The model is scored on what it predicted for each window *before* that
+window's truth existed (test, then train): a version that has since trained on those
+windows would look better on them than it will be on the next ones.
+The model answers only while it is better than the best physics predictor; otherwise
 that physics predictor answers every frame the model would have, flagged ``physics_better``
 (``unproven`` while too little truth exists to compare). A model that lost its place, or a new
 version, must beat physics by ``rejoin_margin`` to (re)gain it, so the choice does not
@@ -31,8 +34,11 @@ MODEL = "model"
 PHYSICS = (fallback.CV, fallback.CTRV)
 PREDICTORS = (MODEL, *PHYSICS)
 
-TruthFn = Callable[[float], tuple[np.ndarray, np.ndarray]]
+TruthFn = Callable[[float], tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""Recent (windows, targets, model predictions made before the truth; NaN where none)."""
 HorizonsFn = Callable[[], tuple[float, ...]]
+ScoreFn = Callable[[Callable[[np.ndarray], np.ndarray]], int]
+"""Predict the windows still awaiting their truth with the given model."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,10 +111,11 @@ class PredictorGate:
         truth: TruthFn,
         horizons: HorizonsFn,
         metrics: ServeMetrics,
+        score: ScoreFn | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy, self._truth, self.metrics, self._clock = policy, truth, metrics, clock
-        self._horizons = horizons
+        self._horizons, self._score = horizons, score
         self._verdicts: dict[int, Verdict] = {}
         self._lock = threading.Lock()
         self._last = -np.inf
@@ -134,7 +141,12 @@ class PredictorGate:
     def judge(self, model: LoadedModel | None) -> Verdict:
         """Score ``model`` and physics on recent truth; record and return the verdict."""
         self._last = self._clock()
-        windows, targets = self._truth(self.policy.window_s)
+        if model is not None and self._score is not None:
+            try:
+                self._score(model.run)
+            except Exception:  # a model that cannot run cannot answer either
+                log.exception("v%d failed on the windows awaiting truth", model.version)
+        windows, targets, model_preds = self._truth(self.policy.window_s)
         version = model.version if model is not None else -1
         fits = model is None or (
             windows.ndim == 3
@@ -148,22 +160,24 @@ class PredictorGate:
             return self._record(verdict)
         horizons = model.spec.horizons_s if model is not None else self._horizons()
         preds = physics_predictions(windows, horizons, self.policy.yaw_eps)
-        if model is not None:
-            try:
-                preds[MODEL] = model.run(windows)
-            except Exception:  # a model that cannot run on truth cannot answer either
-                log.exception("v%d failed on %d truth windows", version, len(windows))
-                preds[MODEL] = np.full_like(targets, np.nan)
         errors = {n: np.linalg.norm(p[:, -1] - targets[:, -1], axis=-1) for n, p in preds.items()}
         fde = _means(errors, len(windows))
-        n_short = len(self._truth(self.policy.short_window_s)[0])
-        recent = _means(errors, n_short)
-        enough = len(windows) >= self.policy.min_samples
+        # the model against physics only on the windows it predicted before their truth
+        scored = np.isfinite(model_preds).all(axis=(1, 2))
+        n_scored = int(scored.sum())
+        duel = {n: e[scored] for n, e in errors.items()}
+        duel[MODEL] = np.linalg.norm(model_preds[scored, -1] - targets[scored, -1], axis=-1)
+        fde_duel = _means(duel, n_scored)
+        if model is not None:
+            fde[MODEL] = fde_duel[MODEL]
+        n_short = min(len(self._truth(self.policy.short_window_s)[0]), n_scored)
+        recent = _means(duel, n_short)
+        enough = n_scored >= self.policy.min_samples
         settled = len(windows) >= self.policy.physics_min_samples
         phys = self._physics(fde) if settled else self._current.physics
         # "the model" answering, whichever version: each new export must not reset that
         was_model = self._current.predictor == MODEL
-        best = min(fde[p] for p in PHYSICS)
+        best = min(fde_duel[p] for p in PHYSICS)
         bar = best if was_model else best * (1 - self.policy.rejoin_margin)
         # nor may it answer while it loses over the newest stretch alone: a good half-minute
         # behind it must not hide a manoeuvre it gets wrong now
@@ -183,7 +197,7 @@ class PredictorGate:
             reason=reason,
             version=version,
             fde_m=fde,
-            samples=len(windows),
+            samples=n_scored,
         )
         return self._record(verdict)
 

@@ -26,12 +26,22 @@ NS = window.NS
 
 
 @dataclass(slots=True)
+class _Awaiting:
+    """A window waiting for its future positions; ``pred`` is what the model answered for it
+    while its truth did not exist yet (set by :meth:`HistoryStore.score_awaiting`)."""
+
+    t0: int
+    window: np.ndarray
+    pred: np.ndarray | None = None
+
+
+@dataclass(slots=True)
 class _Vehicle:
     partition: int
     rows: deque[tuple[float, ...]]
     track: deque[tuple[int, float, float]]
     clock: plausibility.VehicleClock
-    pending: deque[tuple[int, np.ndarray]] = field(default_factory=deque)
+    pending: deque[_Awaiting] = field(default_factory=deque)
     last_t_ns: int = -1
     count: int = 0
 
@@ -52,8 +62,12 @@ class HistoryStore:
         self.truth_every = truth_every
         self._clock = clock
         self._vehicles: dict[str, _Vehicle] = {}
-        self._truth: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=truth_capacity)
+        self._truth: deque[tuple[np.ndarray, np.ndarray, float, np.ndarray | None]] = deque(
+            maxlen=truth_capacity
+        )
         self._truth_lock = threading.Lock()
+        self._unscored: deque[_Awaiting] = deque(maxlen=truth_capacity)
+        """Awaiting windows the model has not predicted yet (appended here, scored off-loop)."""
 
     def __len__(self) -> int:
         return len(self._vehicles)
@@ -75,6 +89,7 @@ class HistoryStore:
             v.rows = deque(v.rows, maxlen=spec.history)
             v.track = deque(v.track, maxlen=self._track_len())
             v.pending.clear()
+        self._unscored.clear()
         with self._truth_lock:
             self._truth.clear()
 
@@ -114,7 +129,9 @@ class HistoryStore:
         self._label(v)
         full = len(v.rows) == self.spec.history
         if full and v.count % self.truth_every == 0 and not self._has_gap(v):
-            v.pending.append((f.t_event_ns, self._window(v)))
+            awaiting = _Awaiting(f.t_event_ns, self._window(v))
+            v.pending.append(awaiting)
+            self._unscored.append(awaiting)
         return status
 
     def unusable(self, vehicle_id: str) -> str | None:
@@ -142,7 +159,7 @@ class HistoryStore:
         horizon_ns = round(self.spec.max_horizon_s * NS)
         newest = v.track[-1][0]
         ready = 0
-        while ready < len(v.pending) and v.pending[ready][0] + horizon_ns <= newest:
+        while ready < len(v.pending) and v.pending[ready].t0 + horizon_ns <= newest:
             ready += 1
         if not ready:
             return
@@ -152,36 +169,61 @@ class HistoryStore:
             track[:, 0].astype(np.int64),
             track[:, 1],
             track[:, 2],
-            [t0 for t0, _ in done],
+            [a.t0 for a in done],
             self.spec.horizons_s,
         )
         now = self._clock()
         with self._truth_lock:
-            for (_, w), target, good in zip(done, targets.astype(np.float32), ok, strict=True):
+            for a, target, good in zip(done, targets.astype(np.float32), ok, strict=True):
                 if good:
-                    self._truth.append((w, target, now))
+                    self._truth.append((a.window, target, now, a.pred))
 
     def truth(self, within_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Recent ground truth: windows ``[N, T, 7]`` and positions ``[N, K, 2]``, oldest
         first; only what was labelled in the last ``within_s`` seconds if given."""
+        windows, targets, _ = self.scored_truth(within_s)
+        return windows, targets
+
+    def scored_truth(
+        self, within_s: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`truth` and what the model answered for each window before its truth
+        existed, ``[N, K, 2]`` (NaN where no model had predicted it): test, then train."""
         with self._truth_lock:
             items = list(self._truth)
         if within_s is not None:
             since = self._clock() - within_s
             items = [it for it in items if it[2] >= since]
+        k = len(self.spec.horizons_s)
         if not items:
-            k = len(self.spec.horizons_s)
-            return (
-                np.zeros((0, self.spec.history, 7), np.float32),
-                np.zeros((0, k, 2), np.float32),
-            )
-        return np.stack([w for w, _, _ in items]), np.stack([t for _, t, _ in items])
+            empty = np.zeros((0, k, 2), np.float32)
+            return np.zeros((0, self.spec.history, 7), np.float32), empty, empty
+        nan = np.full((k, 2), np.nan, np.float32)
+        preds = [nan if p is None or p.shape != nan.shape else p for *_, p in items]
+        return np.stack([it[0] for it in items]), np.stack([it[1] for it in items]), np.stack(preds)
+
+    def score_awaiting(self, predict: Callable[[np.ndarray], np.ndarray]) -> int:
+        """Predict every window still waiting for its truth (off the serving loop); returns
+        how many. Windows of another length than the model's are left unscored."""
+        todo: list[_Awaiting] = []
+        while self._unscored:
+            try:
+                todo.append(self._unscored.popleft())
+            except IndexError:  # emptied by a concurrent set_spec
+                break
+        todo = [a for a in todo if a.window.shape[0] == self.spec.history]
+        if not todo:
+            return 0
+        out = predict(np.stack([a.window for a in todo]))
+        for a, pred in zip(todo, out, strict=True):
+            a.pred = np.asarray(pred, np.float32)
+        return len(todo)
 
     def add_truth(self, windows: np.ndarray, targets: np.ndarray) -> None:
         """Seed ground truth directly (tests, or a warm restart)."""
         now = self._clock()
         with self._truth_lock:
-            self._truth.extend((w, t, now) for w, t in zip(windows, targets, strict=True))
+            self._truth.extend((w, t, now, None) for w, t in zip(windows, targets, strict=True))
 
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget vehicles last seen on ``partitions`` (revoked); returns how many."""

@@ -69,7 +69,11 @@ class InferenceService:
             yaw_eps=config.cv_yaw_eps,
         )
         self.gate = PredictorGate(
-            gate_policy, self.history.truth, lambda: self.history.spec.horizons_s, self.metrics
+            gate_policy,
+            self.history.scored_truth,
+            lambda: self.history.spec.horizons_s,
+            self.metrics,
+            score=self.history.score_awaiting,
         )
         self.swapper = ModelSwapper(
             policy,

@@ -31,13 +31,15 @@ def windows(n: int, yaw_rate: float = 0.0) -> np.ndarray:
 
 
 class Truth:
-    """Recent ground truth the test sets directly."""
+    """Recent ground truth the test sets directly, with what the model (CV moved 1 m east)
+    answered for each window before its truth arrived."""
 
     def __init__(self) -> None:
         self.value = NO_TRUTH
 
-    def __call__(self, within_s: float) -> tuple[np.ndarray, np.ndarray]:
-        return self.value
+    def __call__(self, within_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w, t = self.value
+        return w, t, cv_targets(w, 1.0) if len(w) else t
 
 
 def cv_targets(w: np.ndarray, shift_x: float = 0.0) -> np.ndarray:
@@ -154,9 +156,10 @@ def test_an_answering_model_leaves_when_it_loses_the_newest_stretch(model) -> No
     targets[80:] = cv_targets(w[80:])  # ...and 1 m off on the newest 30, where physics is exact
 
     class Split(Truth):
-        def __call__(self, within_s: float) -> tuple[np.ndarray, np.ndarray]:
+        def __call__(self, within_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             k = 30 if within_s <= 10 else 110
-            return self.value[0][-k:], self.value[1][-k:]
+            w, t, p = super().__call__(within_s)
+            return w[-k:], t[-k:], p[-k:]
 
     truth = Split()
     gate, _ = make_gate(truth)
@@ -166,3 +169,34 @@ def test_an_answering_model_leaves_when_it_loses_the_newest_stretch(model) -> No
     v = gate.judge(model)
     assert v.fde_m[MODEL] < v.fde_m[fallback.CV]  # still ahead over the 30 s window
     assert (v.predictor, v.reason) == (fallback.CTRV, "physics_better")
+
+
+def test_the_model_is_judged_on_what_it_answered_before_the_truth_not_after(model) -> None:
+    """A version that has trained on the recent windows fits them: that must not count."""
+    w = windows(40)
+    targets = cv_targets(w)  # physics is exact
+    store_preds = cv_targets(w, 1.0)  # and the model had answered 1 m off
+    gate = PredictorGate(
+        GatePolicy(min_samples=20), lambda s: (w, targets, store_preds), lambda: H, ServeMetrics()
+    )
+    v = gate.judge(model)
+    assert v.fde_m[MODEL] == pytest.approx(1.0, abs=1e-3) and v.predictor != MODEL
+    unscored = np.full_like(targets, np.nan)  # nothing answered by a model yet: unproven
+    gate = PredictorGate(
+        GatePolicy(min_samples=20), lambda s: (w, targets, unscored), lambda: H, ServeMetrics()
+    )
+    assert gate.judge(model).reason == "unproven"
+
+
+def test_history_keeps_the_answer_given_before_the_truth() -> None:
+    from inference.history import HistoryStore
+    from schemas.sensor import SensorFrame
+
+    store = HistoryStore(DEFAULT_SPEC, truth_every=1)
+    for i in range(15):
+        store.add(SensorFrame("v", i, i * 10**8, float(i), 0.0, 10.0, 0.0, 0.0, 0.0), 0)
+    assert store.score_awaiting(lambda x: np.full((len(x), 4, 2), 7.0, np.float32)) == 6
+    for i in range(15, 60):
+        store.add(SensorFrame("v", i, i * 10**8, float(i), 0.0, 10.0, 0.0, 0.0, 0.0), 0)
+    windows, _, preds = store.scored_truth()
+    assert len(windows) > 6 and (preds[:6] == 7.0).all() and np.isnan(preds[6:]).all()
