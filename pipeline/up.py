@@ -208,7 +208,11 @@ class Up:
 
     # --- the run ------------------------------------------------------------------------
     def run(self) -> int:
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends up like Ctrl-C
+        # SIGTERM ends up like Ctrl-C; SIGINT is set explicitly because a process started
+        # in the background by a shell inherits SIGINT ignored, and Python then never
+        # installs its KeyboardInterrupt handler (up ignored Ctrl-C from such a parent)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        previous_int = signal.signal(signal.SIGINT, _interrupt)
         client: ReportClient | None = None
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +246,7 @@ class Up:
             if client is not None:
                 client.close()
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
             if self.broker is not None and not self.config.keep_broker:
                 self.broker.stop()
         return self._finish(client)

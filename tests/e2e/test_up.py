@@ -118,6 +118,8 @@ def test_ctrl_c_stops_every_child_and_still_reports(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # as a shell starts a background job: SIGINT ignored, which Python inherits
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         deadline = time.monotonic() + 240
