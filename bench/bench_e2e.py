@@ -42,6 +42,7 @@ from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics  # no
 from schemas.prediction import decode_prediction  # noqa: E402
 from schemas.sensor import encode_frames, frame_headers  # noqa: E402
 from schemas.topics import TopicNames, TopicSpec, default_topics  # noqa: E402
+from tests.model_fixtures import TEST_PUBLIC  # noqa: E402
 
 WARMUP_S = 1.0
 
@@ -231,6 +232,8 @@ def run_rate(bootstrap: str, rate: int, args: argparse.Namespace) -> dict:
         "--device",
         args.device,
         "--no-gate",  # measure the model path: the bench's model is CV, which physics ties
+        "--trusted-keys",
+        TEST_PUBLIC,  # publish_model signs with the test fixture key
     ]
     serve = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

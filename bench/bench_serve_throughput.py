@@ -102,6 +102,7 @@ def one_run(args: argparse.Namespace, profile: bool) -> dict:
     from inference.service import InferenceService
     from schemas.kafka import KafkaSettings, ensure_topics
     from schemas.topics import default_topics
+    from tests.model_fixtures import trusting_test_key
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     settings = KafkaSettings(bootstrap=args.bootstrap)
@@ -119,6 +120,7 @@ def one_run(args: argparse.Namespace, profile: bool) -> dict:
         gate=False,  # measure the model path: the bench's model is CV, which physics ties
     )
     svc = InferenceService(config, settings)
+    svc.swapper.configure_trust(trusting_test_key())  # publish_model signs with the test key
     # the model is built before serving starts, so the backlog meets the steady-state path;
     # the watcher then finds the same v1 on `models` and skips it as not newer
     if svc.swapper.offer(env) is None:

@@ -27,6 +27,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(ServeConfig, args)
+        trust = config.trust()
         settings = KafkaSettings.from_env(bootstrap=config.bootstrap)
     except ConfigError as exc:
         print(f"drivestream serve: {exc}", file=sys.stderr)
@@ -37,6 +38,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     service = InferenceService(config, settings)
+    service.swapper.configure_trust(trust)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: service.request_stop())

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from schemas import deadletter, topics
 from schemas.config import setting
 from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from inference.validate import TrustPolicy
 
 DEVICES = ("auto", "cpu", "cuda")
 _MAX_DEADLETTER_BYTES = 16 * 1024 * 1024
@@ -56,6 +60,20 @@ class ServeConfig:
     gate_rejoin_margin: float = setting(
         0.1, "never-worse gate: a model must beat physics by this fraction to (re)join"
     )
+    trusted_key_files: tuple[str, ...] = setting(
+        (),
+        "files of Ed25519 public keys whose signed models serve accepts (the parameter "
+        "server writes its key to <checkpoint-dir>/ps-<model>.pub), comma-separated",
+    )
+    trusted_keys: tuple[str, ...] = setting(
+        (), "Ed25519 public keys as base64 (the line of a .pub file), comma-separated"
+    )
+    allow_unsigned: bool = setting(
+        False, "also accept unsigned models (hand-made ones; anyone who can write `models`)"
+    )
+    max_version_jump: int = setting(
+        10_000, "refuse a model this many versions ahead of the newest trusted one seen"
+    )
     cv_yaw_eps: float = setting(1e-3, "|yaw rate| below this uses constant velocity, rad/s")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -78,6 +96,7 @@ class ServeConfig:
             (0 <= self.gate_rejoin_margin < 1, "gate_rejoin_margin must be in [0, 1)"),
             (self.truth_capacity >= self.min_truth_samples, "truth_capacity < min_truth_samples"),
             (self.cv_yaw_eps >= 0, "cv_yaw_eps must be >= 0"),
+            (self.max_version_jump >= 1, "max_version_jump must be >= 1"),
             (
                 deadletter.MIN_BYTES <= self.max_deadletter_bytes <= _MAX_DEADLETTER_BYTES,
                 f"max_deadletter_bytes must be {deadletter.MIN_BYTES}..{_MAX_DEADLETTER_BYTES} "
@@ -89,6 +108,26 @@ class ServeConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def trust(self) -> TrustPolicy:
+        """Read the trusted keys (ConfigError when unreadable, or when none and signed
+        models are required: serve would then refuse every model)."""
+        from inference.validate import TrustPolicy  # onnx and ORT: not at flag parsing
+        from schemas.signing import TrustedKeys, parse_public_key, read_public_keys
+
+        keys = [k for path in self.trusted_key_files for k in read_public_keys(path)]
+        keys += [parse_public_key(text) for text in self.trusted_keys]
+        if not keys and not self.allow_unsigned:
+            raise ConfigError(
+                "serve trusts no model signing key: pass --trusted-key-files with the "
+                "parameter server's <checkpoint-dir>/ps-<model>.pub (env "
+                "DRIVESTREAM_TRUSTED_KEY_FILES), or --allow-unsigned to accept any model"
+            )
+        return TrustPolicy(
+            keys=TrustedKeys(keys),
+            allow_unsigned=self.allow_unsigned,
+            max_version_jump=self.max_version_jump,
+        )
 
     @property
     def sensors_topic(self) -> str:

@@ -5,6 +5,10 @@ serving loop takes it between batches (a reference swap, no pause) and hands the
 back to be released here, so tearing a session down never costs the serving thread. The
 same thread judges the newest model against physics (:mod:`inference.gate`): before the
 swap, then every ``GatePolicy.every_s``.
+
+Before any of that an envelope must be signed by a trusted key and follow the lineage seen
+(:class:`Lineage`); at start-up the topic's contents get the same checks as a live swap
+(:meth:`ModelSwapper.start`), never a blind load of the newest.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from inference.errors import ModelRejected
 from inference.gate import PredictorGate
 from inference.metrics import ServeMetrics
 from inference.runtime import LoadedModel
-from inference.validate import ValidationPolicy, validate
+from inference.validate import TrustPolicy, ValidationPolicy, check_trust, validate
 from schemas.envelope import ModelEnvelope, check_envelope_headers, decode_envelope
 from schemas.errors import ValidationError
 from schemas.kafka import Consumer, KafkaSettings, Message
@@ -29,8 +33,36 @@ log = logging.getLogger(__name__)
 TruthFn = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
+class Lineage:
+    """The newest trusted version seen; a version far ahead of it breaks the lineage.
+
+    A live server exports every few seconds, so consecutive versions are close; a jump of
+    more than ``max_jump`` (a forged or runaway counter) would otherwise make every later
+    legitimate export look stale. Until the first trusted envelope anchors it, any version
+    is in line (after a restart the compacted topic holds only the newest).
+    """
+
+    def __init__(self, max_jump: int) -> None:
+        self.max_jump = max_jump
+        self.newest: int | None = None
+
+    def check(self, env: ModelEnvelope) -> None:
+        if env.parent_version > env.version or env.parent_version < 0:
+            raise ModelRejected(
+                "lineage", f"parent v{env.parent_version} is not older than v{env.version}"
+            )
+        if self.newest is not None and env.version > self.newest + self.max_jump:
+            raise ModelRejected(
+                "version_jump",
+                f"v{env.version} is more than {self.max_jump} versions ahead of the newest "
+                f"trusted v{self.newest} (serve --max-version-jump)",
+            )
+        self.newest = env.version if self.newest is None else max(self.newest, env.version)
+
+
 class ModelSwapper:
-    """Validates envelopes against the newest accepted model and hands winners over."""
+    """Checks who published an envelope and whether it follows the lineage, validates it
+    against the newest accepted model and hands winners over to the serving loop."""
 
     def __init__(
         self,
@@ -39,45 +71,110 @@ class ModelSwapper:
         metrics: ServeMetrics,
         model_name: str = "",
         gate: PredictorGate | None = None,
+        trust: TrustPolicy | None = None,
     ) -> None:
         self.policy, self._truth, self.metrics, self.model_name = policy, truth, metrics, model_name
         self.gate = gate
+        self.trust = trust or TrustPolicy()
+        """Default: no key trusted, unsigned refused (nothing is accepted until configured)."""
+        self.lineage = Lineage(self.trust.max_version_jump)
         self._lock = threading.Lock()
         self._ready: LoadedModel | None = None
         self._accepted: LoadedModel | None = None
         self._retired: list[LoadedModel] = []
+        self._pending: list[ModelEnvelope] = []
+        """Start-up candidates, newest first, waiting for ground truth to be validated on."""
         self.rejections: list[ModelRejected] = []
         self.builds_started = self.builds_finished = 0
         """Validations begun/ended; the serving loop uses them to time its gaps during one."""
         self.built_on: list[str] = []
         """Thread name of each accepted model's build (the watcher's, never the loop's)."""
 
+    def configure_trust(self, trust: TrustPolicy) -> None:
+        """Set whose envelopes are accepted; call before the watcher starts."""
+        self.trust = trust
+        self.lineage = Lineage(trust.max_version_jump)
+
     def offer(self, env: ModelEnvelope) -> LoadedModel | None:
-        """Validate one envelope; on success park it for the serving loop and return it."""
+        """Check and validate one live envelope; on success park it and return it."""
         if self.model_name and env.name != self.model_name:
             return None
-        base = self._accepted
         try:
-            if base is not None and env.version <= base.version:
-                raise ModelRejected(
-                    "stale_version", f"v{env.version} is not newer than v{base.version}"
-                )
-            self.builds_started += 1
-            try:
-                model = validate(env, self.policy, base, self._truth())
-            finally:
-                self.builds_finished += 1
+            newest = max(self._accepted_version(), self.lineage.newest or -1)
+            check_trust(env, self.trust)
+            if env.version <= newest:  # also a replayed, legitimately signed old envelope
+                raise ModelRejected("stale_version", f"v{env.version} is not newer than v{newest}")
+            self.lineage.check(env)
         except ModelRejected as exc:
-            log.warning(
-                "%s v%d %s; v%s keeps serving",
-                env.name,
-                env.version,
-                exc,
-                base.version if base else "none (fallback)",
-            )
-            self.metrics.swaps.labels(outcome="rejected", reason=exc.reason).inc()
-            self.rejections = [*self.rejections[-99:], exc]
+            self._rejected(env, exc)
             return None
+        return self._build(env)
+
+    def start(self, envs: list[ModelEnvelope]) -> LoadedModel | None:
+        """The restart path: what the topic held at start-up, checked like live envelopes.
+
+        Trust and lineage are checked oldest first; then the newest candidate is validated,
+        older ones only if it is rejected. With the never-worse gate on, validation waits
+        for ground truth (physics answers meanwhile, as it would for an unproven model), so
+        a newer but wrong model is rejected on accuracy instead of blocking an older good one.
+        """
+        admitted: list[ModelEnvelope] = []
+        for env in sorted(envs, key=lambda e: e.version):
+            if self.model_name and env.name != self.model_name:
+                continue
+            try:
+                check_trust(env, self.trust)
+                self.lineage.check(env)
+            except ModelRejected as exc:
+                self._rejected(env, exc)
+                continue
+            admitted.append(env)
+        self._pending = admitted[::-1]
+        return self._try_pending()
+
+    def _try_pending(self) -> LoadedModel | None:
+        if not self._pending:
+            return None
+        if self.gate is not None and len(self._truth()[0]) < self.policy.min_truth_samples:
+            return None  # no truth yet: physics answers until the candidates can be judged
+        pending, self._pending = self._pending, []
+        for env in pending:
+            if env.version <= self._accepted_version():
+                continue  # a live export overtook it
+            model = self._build(env)
+            if model is not None:
+                return model
+        return None
+
+    @property
+    def waiting(self) -> int:
+        """Start-up candidates still waiting for ground truth."""
+        return len(self._pending)
+
+    def _accepted_version(self) -> int:
+        return self._accepted.version if self._accepted is not None else -1
+
+    def _rejected(self, env: ModelEnvelope, exc: ModelRejected) -> None:
+        log.warning(
+            "%s v%d %s; v%s keeps serving",
+            env.name,
+            env.version,
+            exc,
+            self._accepted.version if self._accepted else "none (fallback)",
+        )
+        self.metrics.swaps.labels(outcome="rejected", reason=exc.reason).inc()
+        self.rejections = [*self.rejections[-99:], exc]
+
+    def _build(self, env: ModelEnvelope) -> LoadedModel | None:
+        base = self._accepted
+        self.builds_started += 1
+        try:
+            model = validate(env, self.policy, base, self._truth())
+        except ModelRejected as exc:
+            self._rejected(env, exc)
+            return None
+        finally:
+            self.builds_finished += 1
         if self.gate is not None:
             self.gate.judge(model)  # the verdict is there before the loop takes the model
         with self._lock:
@@ -86,6 +183,7 @@ class ModelSwapper:
             self._ready = model
             self._accepted = model
             self.built_on = [*self.built_on[-99:], threading.current_thread().name]
+        self._pending = [e for e in self._pending if e.version > model.version]
         log.info(
             "%s v%d validated on %s, warm %s ms",
             env.name,
@@ -107,7 +205,8 @@ class ModelSwapper:
         return self.offer(env)
 
     def tick(self) -> None:
-        """Re-judge the newest accepted model (or physics alone) when the gate is due."""
+        """Validate start-up candidates once truth exists; re-judge when the gate is due."""
+        self._try_pending()
         if self.gate is not None and self.gate.due():
             self.gate.judge(self._accepted)
 
@@ -184,7 +283,7 @@ class ModelWatcher(threading.Thread):
         return set()
 
     def _start_with_newest(self, backlog: list[Message]) -> None:
-        """On start, try the newest version first and older ones only if it is rejected."""
+        """Hand what the topic held at start-up to :meth:`ModelSwapper.start`."""
         envs: list[ModelEnvelope] = []
         for msg in backlog:
             try:
@@ -192,6 +291,5 @@ class ModelWatcher(threading.Thread):
                 envs.append(decode_envelope(msg.value))
             except ValidationError as exc:
                 log.warning("models record at offset %d rejected: %s", msg.offset, exc)
-        for env in sorted(envs, key=lambda e: e.version, reverse=True):
-            if self.swapper.offer(env) is not None:
-                return
+                self.swapper.metrics.swaps.labels(outcome="rejected", reason="undecodable").inc()
+        self.swapper.start(envs)

@@ -1,16 +1,18 @@
 """Checks a published model must pass before it may serve.
 
-Order: digest, ONNX checker, session build, input/output signature, finite outputs on a
-canary batch, accuracy on recent ground truth against what it would replace (the serving
-model, else the best physics predictor), then warm-up on every batch shape. Each failure
-raises ModelRejected with a short reason label. Passing is not serving: the never-worse gate
-(:mod:`inference.gate`) still decides, continuously, whether the model or physics answers.
+First who published it (:func:`check_trust`: an Ed25519 signature by a trusted key, see
+:mod:`schemas.signing`); then, in :func:`validate`: digest, ONNX checker, session build,
+input/output signature, finite outputs on a canary batch, accuracy on recent ground truth
+against what it would replace (the serving model, else the best physics predictor), then
+warm-up on every batch shape. Each failure raises ModelRejected with a short reason label.
+Passing is not serving: the never-worse gate (:mod:`inference.gate`) still decides,
+continuously, whether the model or physics answers.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -21,6 +23,7 @@ from inference.runtime import LoadedModel, build_session
 from schemas.envelope import ModelEnvelope
 from schemas.errors import ValidationError
 from schemas.model_spec import FEATURES, INPUT_NAME, OUTPUT_NAME, InputSpec
+from schemas.signing import BAD_SIGNATURE, SignatureError, TrustedKeys
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,34 @@ class ValidationPolicy:
     """...plus this many metres (GNSS noise: no model beats a zero-error baseline)."""
     min_truth_samples: int = 16
     yaw_eps: float = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrustPolicy:
+    """Whose envelopes serve accepts and how far ahead of its lineage a version may be."""
+
+    keys: TrustedKeys = field(default_factory=TrustedKeys)
+    allow_unsigned: bool = False
+    """Also accept unsigned envelopes (and ones by unknown keys): for tests and hand-made
+    models only; a bad signature by a trusted key is still refused."""
+    max_version_jump: int = 10_000
+    """Refuse version v when the newest trusted version seen is older than v - this."""
+
+
+def check_trust(env: ModelEnvelope, trust: TrustPolicy) -> None:
+    """Raise ModelRejected (``unsigned``, ``untrusted_key``, ``bad_signature``) unless a
+    trusted key signed ``env`` or unsigned mode admits it."""
+    try:
+        trust.keys.verify(env)
+    except SignatureError as exc:
+        if trust.allow_unsigned and exc.label != BAD_SIGNATURE:
+            return  # unsigned mode: a missing or unknown signature would protect nothing
+        hint = (
+            "; give serve the parameter server's public key (--trusted-key-files)"
+            if exc.label != BAD_SIGNATURE
+            else ""
+        )
+        raise ModelRejected(exc.label, exc.reason + hint) from exc
 
 
 def fde(pred: np.ndarray, target: np.ndarray) -> float:

@@ -26,6 +26,7 @@ from pipeline.supervisor import Supervisor, wait_until
 from schemas.config import add_config_arguments, config_from_args, setting
 from schemas.errors import ConfigError
 from schemas.kafka import KafkaSettings, ensure_topics
+from schemas.signing import load_or_create_private_key, public_key_path
 from schemas.topics import TopicNames, default_topics
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,17 @@ class Up:
     def _start_services(self, bootstrap: str) -> None:
         cli = [sys.executable, "-m", "pipeline.cli"]
         common = ["--bootstrap", bootstrap, "--topic-prefix", self.names.prefix]
+        # the key exists before either service starts: serve reads the public half at start
+        signing_key = self.run_dir / "ps" / "signing.key"
+        load_or_create_private_key(signing_key)
         self.supervisor.start(
             "ps",
             [
                 *cli,
                 "ps",
                 *common,
+                "--signing-key",
+                str(signing_key),
                 "--checkpoint-dir",
                 str(self.run_dir / "ps"),
                 "--registry-dir",
@@ -162,6 +168,7 @@ class Up:
         self.metrics_port = free_port()
         serve = ["--budget-ms", str(self.config.budget_ms), "--device", self.config.device]
         serve += ["--metrics-port", str(self.metrics_port), "--metrics-host", "127.0.0.1"]
+        serve += ["--trusted-key-files", str(public_key_path(signing_key))]
         self.supervisor.start("serve", [*cli, "serve", *common, *serve])
 
     def _serving_ready(self) -> bool:

@@ -37,6 +37,10 @@ class ModelEnvelope:
     onnx: bytes = field(repr=False)
     digest: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    signer: str = ""
+    """Key id (:func:`schemas.signing.key_id`) of the key that signed it; '' = unsigned."""
+    signature: str = field(default="", repr=False)
+    """Base64 Ed25519 signature of every other field (:mod:`schemas.signing`)."""
 
     def __post_init__(self) -> None:
         if not self.digest:
@@ -52,6 +56,7 @@ def encode_envelope(env: ModelEnvelope) -> bytes:
     meta: dict[str, Any] = asdict(env)
     meta.pop("onnx")
     meta["input_spec"] = env.input_spec.to_json()
+    meta["metrics"] = {str(k): float(v) for k, v in env.metrics.items()}
     return pack_meta_blob(meta, env.onnx)
 
 
@@ -71,6 +76,8 @@ def decode_envelope(value: bytes) -> ModelEnvelope:
             onnx=blob,
             digest=str(meta["digest"]),
             metrics={str(k): float(v) for k, v in meta.get("metrics", {}).items()},
+            signer=str(meta.get("signer", "")),
+            signature=str(meta.get("signature", "")),
         )
     except KeyError as exc:
         raise CodecError(str(exc.args[0]), "field missing from model envelope") from exc

@@ -2,6 +2,8 @@
 
 Built directly with torch so inference tests need no trainer. All take ``history``
 ``[B, T, 7]`` and return ``positions`` ``[B, K, 2]`` unless built to break that.
+:func:`envelope` signs with :data:`TEST_KEY`, the key tests give serve to trust
+(:data:`TEST_PUBLIC`, or :func:`trusting_test_key`), as the parameter server would.
 """
 
 from __future__ import annotations
@@ -10,11 +12,25 @@ import io
 import warnings
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
 from schemas.envelope import ModelEnvelope
 from schemas.headers import now_ns
 from schemas.model_spec import DEFAULT_SPEC, INPUT_NAME, OUTPUT_NAME, InputSpec
+from schemas.signing import TrustedKeys, public_text, sign_envelope
+
+TEST_KEY = Ed25519PrivateKey.from_private_bytes(b"drivestream test signing key 32b")
+"""A fixed key (tests only): stands in for the parameter server's."""
+TEST_PUBLIC = public_text(TEST_KEY.public_key())
+"""What ``ServeConfig(trusted_keys=...)`` takes to trust :data:`TEST_KEY`."""
+
+
+def trusting_test_key(**kw):  # -> inference.validate.TrustPolicy (imported late: ORT is heavy)
+    """A TrustPolicy trusting :data:`TEST_KEY` only."""
+    from inference.validate import TrustPolicy
+
+    return TrustPolicy(keys=TrustedKeys([TEST_KEY.public_key()]), **kw)
 
 
 class ConstantVelocity(nn.Module):
@@ -99,11 +115,14 @@ def envelope(
     name: str = "drivestream",
     spec: InputSpec = DEFAULT_SPEC,
     digest: str = "",
+    key: Ed25519PrivateKey | None = TEST_KEY,
+    parent_version: int | None = None,
 ) -> ModelEnvelope:
-    return ModelEnvelope(
+    """An envelope like the parameter server's, signed by ``key`` (None: unsigned)."""
+    env = ModelEnvelope(
         name=name,
         version=version,
-        parent_version=version - 1,
+        parent_version=max(version - 1, 0) if parent_version is None else parent_version,
         created_ns=now_ns(),
         trained_until_ns=now_ns(),
         steps=version * 10,
@@ -112,3 +131,4 @@ def envelope(
         onnx=onnx_bytes,
         digest=digest,
     )
+    return env if key is None else sign_envelope(env, key)

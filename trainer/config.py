@@ -120,6 +120,15 @@ class PSConfig:
     seed: int = setting(0, "model init seed (must match the trainers')")
     hidden: int = setting(64, "MLP hidden width")
     init_from: str = setting("", "version-0 weights from this file (drivestream pretrain)")
+    signing_key: str = setting(
+        "",
+        "Ed25519 private key (PEM) that signs every export; created 0600 on first start, "
+        "public key beside it as .pub for serve ('' = <checkpoint-dir>/ps-<model>.key)",
+    )
+
+    @property
+    def signing_key_path(self) -> str:
+        return self.signing_key or f"{self.checkpoint_dir}/ps-{self.model_name}.key"
 
     def __post_init__(self) -> None:
         KafkaSettings(bootstrap=self.bootstrap)

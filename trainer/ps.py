@@ -6,6 +6,10 @@ topic for trainers to pull, checkpoints atomically together with the ps-updates 
 and exports ONNX to ``models`` and the registry directory on a cadence. After ``kill -9``
 it restores the checkpoint and replays ps-updates from its offset: the merge is
 deterministic, so every accepted update comes back and the version continues.
+
+Every export is signed with the server's Ed25519 key (:mod:`schemas.signing`; the key
+lives at ``--signing-key``, by default in the checkpoint directory, made on first start),
+and `serve` accepts only models signed by a key it trusts.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from schemas.errors import DrivestreamError, ValidationError
 from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Producer
 from schemas.model_spec import DEFAULT_SPEC, InputSpec
+from schemas.signing import key_id, load_or_create_private_key, public_key_path, sign_envelope
 from trainer import wire
 from trainer.checkpoint import read_if_exists, write_atomic
 from trainer.config import PSConfig
@@ -52,6 +57,12 @@ class ParameterServer:
         self.state = ServerState(trainable_state(model), cfg.max_staleness, cfg.server_lr)
         self.ckpt_path = Path(cfg.checkpoint_dir) / f"ps-{cfg.model_name}.ckpt"
         self.registry = Path(cfg.registry_dir)
+        self.signing_key = load_or_create_private_key(cfg.signing_key_path)
+        log.info(
+            "signing exports as %s; serve trusts it with --trusted-key-files %s",
+            key_id(self.signing_key.public_key()),
+            public_key_path(cfg.signing_key_path),
+        )
         raw = read_if_exists(self.ckpt_path)
         if raw is not None:
             self.state.load_bytes(raw)
@@ -97,7 +108,7 @@ class ParameterServer:
             "ps.rejected": float(s.rejected),
             "trained_until_produce_ns": float(s.trained_until_produce_ns),
         }
-        env = ModelEnvelope(
+        unsigned = ModelEnvelope(
             name=self.cfg.model_name,
             version=s.version,
             parent_version=max(s.exported_version, 0),  # persisted: survives restarts
@@ -109,6 +120,7 @@ class ParameterServer:
             onnx=self.exporter.export(s.weights),
             metrics=metrics,
         )
+        env = sign_envelope(unsigned, self.signing_key)
         stem = self.registry / f"{env.name}-v{env.version:08d}"
         write_atomic(stem.with_suffix(".onnx"), env.onnx)
         meta = asdict(env)

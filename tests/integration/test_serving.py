@@ -23,7 +23,7 @@ from schemas.kafka import Consumer, KafkaSettings, Producer
 from schemas.prediction import Prediction, check_prediction_headers, decode_prediction
 from schemas.sensor import SensorFrame, encode_frames, frame_headers
 from schemas.topics import TopicNames
-from tests.model_fixtures import cv_onnx, envelope
+from tests.model_fixtures import TEST_PUBLIC, cv_onnx, envelope
 
 pytestmark = pytest.mark.integration
 
@@ -164,8 +164,16 @@ def config(topics: TopicNames, **kw) -> ServeConfig:
         "group_id": f"{topics.prefix}serve",
         "max_batch": 16,
         "gate": False,  # these tests are about the model path; the gate has its own tests
+        "trusted_keys": (TEST_PUBLIC,),  # publish_model signs with the fixture key
     }
     return ServeConfig(**{**base, **kw})
+
+
+def serving(cfg: ServeConfig, settings: KafkaSettings) -> InferenceService:
+    """A started service trusting ``cfg``'s keys, as `drivestream serve` sets it up."""
+    service = InferenceService(cfg, settings)
+    service.swapper.configure_trust(cfg.trust())
+    return service.start()
 
 
 def keys(preds: list[Prediction]) -> Counter:
@@ -178,7 +186,7 @@ def test_fallback_first_then_model_one_answer_per_frame(
     port = free_port()
     cfg = config(topics, metrics_port=port, metrics_host="127.0.0.1", budget_ms=2000)
     collector = collectors(kafka_settings, topics.predictions)
-    service = InferenceService(cfg, kafka_settings).start()
+    service = serving(cfg, kafka_settings)
     try:
         with Producer(kafka_settings) as producer:
             n1 = send_frames(producer, topics.sensors, range(6), range(12))
@@ -231,7 +239,7 @@ def test_swap_under_load_does_not_stall_the_serving_loop(
     cfg = config(topics, budget_ms=budget_ms)
     publish_model(kafka_settings, topics.models, 1)
     collector = collectors(kafka_settings, topics.predictions)
-    service = InferenceService(cfg, kafka_settings).start()
+    service = serving(cfg, kafka_settings)
     total = 0
     try:
         wait_for(lambda: service.model is not None, what="model v1")
@@ -270,13 +278,13 @@ def test_rebalance_mid_stream_answers_every_frame_once(
     publish_model(kafka_settings, topics.models, 1)
     collector = collectors(kafka_settings, topics.predictions)
     stream = Stream(kafka_settings, topics.sensors, range(16))
-    a = InferenceService(cfg, kafka_settings).start()
+    a = serving(cfg, kafka_settings)
     b = None
     try:
         wait_for(lambda: a.model is not None and len(a.assigned) == 4, what="A serving all")
         stream.start()
         wait_for(lambda: a.stats["model"] > 0, what="A answering from its batches")
-        b = InferenceService(cfg, kafka_settings).start()  # rebalance while frames wait
+        b = serving(cfg, kafka_settings)  # rebalance while frames wait
         wait_for(
             lambda: b.assigned and len(a.assigned) < 4 and len(a.assigned | b.assigned) == 4,
             what="a rebalance",

@@ -27,6 +27,7 @@ from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Producer
 from schemas.model_spec import DEFAULT_SPEC
 from schemas.sensor import encode_frames, frame_headers, table_to_frames
+from schemas.signing import TrustedKeys, read_public_keys
 from trainer import wire
 from trainer.checkpoint import read_if_exists
 from trainer.config import PSConfig
@@ -159,6 +160,10 @@ def test_two_ranks_and_server_survive_kill_and_beat_cv(kafka_settings, topics, t
     assert versions[-1] > versions[0] and len(set(versions)) >= 3
     last = envelopes[-1]
     last.verify()
+    # every export, before and after the kill, is signed by the key made on first start
+    trusted = TrustedKeys(read_public_keys(tmp_path / "ps" / f"ps-{last.name}.pub"))
+    for env in envelopes:
+        trusted.verify(env)
     assert last.samples > 1000 and last.trained_until_ns > 0
     assert (tmp_path / "registry" / f"{last.name}-v{last.version:08d}.onnx").exists()
     m = last.metrics
