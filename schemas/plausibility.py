@@ -9,6 +9,11 @@ logger restart, a GNSS fix that really moved), the candidate is confirmed and th
 restarts from there; if it continues from the old clock, the candidate was a lone bad frame
 and is forgotten. A frame at or before the last accepted one is ``out_of_order``.
 
+A confirmed jump can itself be forged (two consistent frames stamped a day ahead): the
+clock it left is kept as *abandoned*, and when frames keep continuing that clock (two in a
+row, answered ``out_of_order`` meanwhile) the vehicle restarts back onto it. An attacker
+can then hold a vehicle only while writing to it, never freeze it with one burst.
+
 Serving's history and the trainer's windowing both judge frames here, so a frame stamped
 far in the future can neither freeze serving (every later frame "out of order") nor training.
 """
@@ -49,12 +54,14 @@ class _Point:
 class VehicleClock:
     """The last accepted frame of one vehicle, and a candidate jump awaiting confirmation."""
 
-    __slots__ = ("candidate", "last", "limits")
+    __slots__ = ("abandoned", "candidate", "last", "limits")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.last: _Point | None = None
         self.candidate: _Point | None = None
+        self.abandoned: _Point | None = None
+        """The last frame of the clock before the latest confirmed jump."""
 
     def judge(self, seq: int, t_ns: int, x: float, y: float) -> str:
         """'ok', 'restart' (a confirmed jump), 'out_of_order', or why it is implausible."""
@@ -67,12 +74,23 @@ class VehicleClock:
             self.last, self.candidate = p, None
             return OK
         if why == OUT_OF_ORDER:
-            return OUT_OF_ORDER
+            return self._back_to_abandoned(p)
         if self.candidate is not None and self._implausible(self.candidate, p) is None:
-            self.last, self.candidate = p, None
+            self.abandoned, self.last, self.candidate = self.last, p, None
             return RESTART
         self.candidate = p
         return why
+
+    def _back_to_abandoned(self, p: _Point) -> str:
+        """An out-of-order frame that continues the abandoned clock is a candidate for
+        going back to it; a second one confirms (the jump away was not the vehicle's)."""
+        if self.abandoned is None or self._implausible(self.abandoned, p) is not None:
+            return OUT_OF_ORDER
+        if self.candidate is not None and self._implausible(self.candidate, p) is None:
+            self.last, self.candidate, self.abandoned = p, None, None
+            return RESTART
+        self.candidate = p
+        return OUT_OF_ORDER
 
     def _implausible(self, a: _Point, b: _Point) -> str | None:
         lim = self.limits

@@ -33,6 +33,22 @@ def test_clock_rejects_jumps_and_teleports_and_confirms_a_real_restart():
     assert clock.judge(7, 3600 * S + 2 * S // 10, 11.0, 0.0) == "ok"
 
 
+def test_two_forged_frames_from_the_future_freeze_no_vehicle():
+    """Two consistent future frames look like a real restart; the clock they jumped away
+    from keeps ticking, so the vehicle goes back to it after two of its frames."""
+    clock = plausibility.VehicleClock(plausibility.Limits())
+    assert [clock.judge(k, k * S // 10, k, 0.0) for k in range(3)] == ["ok"] * 3
+    assert clock.judge(1000, FUTURE, 1.0, 0.0).startswith("implausible_time_jump")
+    assert clock.judge(1001, FUTURE + S // 10, 2.0, 0.0) == "restart"
+    after = [clock.judge(k, k * S // 10, k, 0.0) for k in range(3, 8)]
+    assert after == ["out_of_order", "restart", "ok", "ok", "ok"]
+    # a real restart stays: nothing continues the clock it left
+    assert clock.judge(9, 3600 * S, 9.0, 0.0).startswith("implausible_time_jump")
+    assert clock.judge(10, 3600 * S + S // 10, 10.0, 0.0) == "restart"
+    assert clock.judge(3, 3 * S // 10, 3.0, 0.0) == "out_of_order"  # older than abandoned
+    assert clock.judge(11, 3600 * S + 2 * S // 10, 11.0, 0.0) == "ok"
+
+
 def test_serving_history_survives_a_frame_from_the_far_future():
     store = HistoryStore(DEFAULT_SPEC, truth_every=1)
     statuses = [store.add(frame(k, k * S // 10), 0) for k in range(20)]
@@ -51,3 +67,18 @@ def test_training_keeps_making_samples_after_a_frame_from_the_far_future():
     assert before > 0 and after == 60  # one sample per new frame, as before the bad one
     assert win.stats.implausible == 1
     assert win.newest_ns < FUTURE
+
+
+def test_training_and_serving_recover_from_two_forged_future_frames():
+    win = Windower(DEFAULT_SPEC, WindowConfig(holdout_fraction=0.0))
+    store = HistoryStore(DEFAULT_SPEC, truth_every=1)
+    good = [frame(k, k * S // 10) for k in range(120)]
+    forged = [frame(1000, FUTURE), frame(1001, FUTURE + S // 10)]
+    win.add_many(good[:60])
+    win.add_many(forged)
+    after = len(win.add_many(good[60:]))
+    assert after >= 15  # a fresh track after the restart back; before the fix: 0
+    for f in good[:60] + forged:
+        store.add(f, 0)
+    statuses = [store.add(f, 0) for f in good[60:]]
+    assert statuses[0] == "out_of_order" and set(statuses[1:]) == {"ok"}
