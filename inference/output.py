@@ -161,15 +161,8 @@ class Output:
         d = deadletter.of_record(
             msg.topic, msg.partition, msg.offset, msg.value, msg.headers, reason, "inference", error
         )
-        record = deadletter.dead_letter_record(d, msg.key, self.config.max_deadletter_bytes)
-        if record.cut:
+        if deadletter.send_dead_letter(self._send, d, msg.key, self.config.max_deadletter_bytes):
             self.stats["deadletter_cut"] += 1
-        try:
-            self._send(record)
-        except ProduceError as exc:  # librdkafka refused it at once
-            if not exc.too_large:
-                raise
-            self._send(deadletter.minimal_record(d, msg.key))
         self.stats["deadletter"] += 1
         self.metrics.deadletters.inc()
         log.debug("deadletter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, d.reason)

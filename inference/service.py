@@ -31,7 +31,7 @@ from inference.metrics import MetricsServer, ServeMetrics
 from inference.output import Output
 from inference.rebalance import RebalanceDrain
 from inference.runtime import LoadedModel, choose_providers, quiet_ort
-from inference.swap import ModelSwapper, ModelWatcher
+from inference.swap import ModelDeadLetters, ModelSwapper, ModelWatcher
 from inference.validate import ValidationPolicy
 from schemas.errors import ValidationError
 from schemas.headers import now_ns
@@ -123,7 +123,10 @@ class InferenceService:
         self._consumer = Consumer(self.settings, [c.sensors_topic], c.group_id)
         self._consumer.on_rebalance(RebalanceDrain(self))
         self._consumer.wait_partitions(c.sensors_topic)  # first call joins: topic must exist
-        self._watcher = ModelWatcher(self.settings, c.models_topic, self.swapper)
+        dead_letters = ModelDeadLetters(
+            self.settings, c.deadletter_topic, c.max_deadletter_bytes, self.metrics
+        )
+        self._watcher = ModelWatcher(self.settings, c.models_topic, self.swapper, dead_letters)
         self._watcher.start()
         self._server.start()
 

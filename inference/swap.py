@@ -24,13 +24,16 @@ from inference.gate import PredictorGate
 from inference.metrics import ServeMetrics
 from inference.runtime import LoadedModel
 from inference.validate import TrustPolicy, ValidationPolicy, check_trust, validate
+from schemas import deadletter
 from schemas.envelope import ModelEnvelope, check_envelope_headers, decode_envelope
 from schemas.errors import ValidationError
-from schemas.kafka import Consumer, KafkaSettings, Message
+from schemas.kafka import Consumer, KafkaSettings, Message, ProduceError, Producer
 
 log = logging.getLogger(__name__)
 
 TruthFn = Callable[[], tuple[np.ndarray, np.ndarray]]
+DeadLetterFn = Callable[[Message, BaseException], None]
+"""Sends a rejected `models` record to the dead-letter topic with the reason it failed."""
 
 
 class Lineage:
@@ -72,18 +75,20 @@ class ModelSwapper:
         model_name: str = "",
         gate: PredictorGate | None = None,
         trust: TrustPolicy | None = None,
+        dead_letter: DeadLetterFn | None = None,
     ) -> None:
         self.policy, self._truth, self.metrics, self.model_name = policy, truth, metrics, model_name
         self.gate = gate
         self.trust = trust or TrustPolicy()
         """Default: no key trusted, unsigned refused (nothing is accepted until configured)."""
         self.lineage = Lineage(self.trust.max_version_jump)
+        self.dead_letter = dead_letter
         self._lock = threading.Lock()
         self._ready: LoadedModel | None = None
         self._accepted: LoadedModel | None = None
         self._retired: list[LoadedModel] = []
-        self._pending: list[ModelEnvelope] = []
-        """Start-up candidates, newest first, waiting for ground truth to be validated on."""
+        self._pending: list[tuple[ModelEnvelope, Message | None]] = []
+        """Start-up candidates (and their records), newest first, waiting for ground truth."""
         self.rejections: list[ModelRejected] = []
         self.builds_started = self.builds_finished = 0
         """Validations begun/ended; the serving loop uses them to time its gaps during one."""
@@ -95,8 +100,10 @@ class ModelSwapper:
         self.trust = trust
         self.lineage = Lineage(trust.max_version_jump)
 
-    def offer(self, env: ModelEnvelope) -> LoadedModel | None:
-        """Check and validate one live envelope; on success park it and return it."""
+    def offer(self, env: ModelEnvelope, source: Message | None = None) -> LoadedModel | None:
+        """Check and validate one live envelope; on success park it and return it.
+
+        ``source`` is the record it came in: a rejected one is dead-lettered."""
         if self.model_name and env.name != self.model_name:
             return None
         try:
@@ -106,11 +113,13 @@ class ModelSwapper:
                 raise ModelRejected("stale_version", f"v{env.version} is not newer than v{newest}")
             self.lineage.check(env)
         except ModelRejected as exc:
-            self._rejected(env, exc)
+            self._rejected(env, exc, source)
             return None
-        return self._build(env)
+        return self._build(env, source)
 
-    def start(self, envs: list[ModelEnvelope]) -> LoadedModel | None:
+    def start(
+        self, envs: list[ModelEnvelope], sources: list[Message | None] | None = None
+    ) -> LoadedModel | None:
         """The restart path: what the topic held at start-up, checked like live envelopes.
 
         Trust and lineage are checked oldest first; then the newest candidate is validated,
@@ -118,17 +127,18 @@ class ModelSwapper:
         for ground truth (physics answers meanwhile, as it would for an unproven model), so
         a newer but wrong model is rejected on accuracy instead of blocking an older good one.
         """
-        admitted: list[ModelEnvelope] = []
-        for env in sorted(envs, key=lambda e: e.version):
+        admitted: list[tuple[ModelEnvelope, Message | None]] = []
+        records = list(zip(envs, sources or [None] * len(envs), strict=True))
+        for env, source in sorted(records, key=lambda r: r[0].version):
             if self.model_name and env.name != self.model_name:
                 continue
             try:
                 check_trust(env, self.trust)
                 self.lineage.check(env)
             except ModelRejected as exc:
-                self._rejected(env, exc)
+                self._rejected(env, exc, source)
                 continue
-            admitted.append(env)
+            admitted.append((env, source))
         self._pending = admitted[::-1]
         return self._try_pending()
 
@@ -138,10 +148,10 @@ class ModelSwapper:
         if self.gate is not None and len(self._truth()[0]) < self.policy.min_truth_samples:
             return None  # no truth yet: physics answers until the candidates can be judged
         pending, self._pending = self._pending, []
-        for env in pending:
+        for env, source in pending:
             if env.version <= self._accepted_version():
                 continue  # a live export overtook it
-            model = self._build(env)
+            model = self._build(env, source)
             if model is not None:
                 return model
         return None
@@ -154,24 +164,27 @@ class ModelSwapper:
     def _accepted_version(self) -> int:
         return self._accepted.version if self._accepted is not None else -1
 
-    def _rejected(self, env: ModelEnvelope, exc: ModelRejected) -> None:
+    def _rejected(
+        self, env: ModelEnvelope | None, exc: ModelRejected, source: Message | None
+    ) -> None:
         log.warning(
-            "%s v%d %s; v%s keeps serving",
-            env.name,
-            env.version,
+            "%s %s; v%s keeps serving",
+            f"{env.name} v{env.version}" if env is not None else "models record",
             exc,
             self._accepted.version if self._accepted else "none (fallback)",
         )
         self.metrics.swaps.labels(outcome="rejected", reason=exc.reason).inc()
         self.rejections = [*self.rejections[-99:], exc]
+        if source is not None and self.dead_letter is not None:
+            self.dead_letter(source, exc)
 
-    def _build(self, env: ModelEnvelope) -> LoadedModel | None:
+    def _build(self, env: ModelEnvelope, source: Message | None) -> LoadedModel | None:
         base = self._accepted
         self.builds_started += 1
         try:
             model = validate(env, self.policy, base, self._truth())
         except ModelRejected as exc:
-            self._rejected(env, exc)
+            self._rejected(env, exc, source)
             return None
         finally:
             self.builds_finished += 1
@@ -183,7 +196,7 @@ class ModelSwapper:
             self._ready = model
             self._accepted = model
             self.built_on = [*self.built_on[-99:], threading.current_thread().name]
-        self._pending = [e for e in self._pending if e.version > model.version]
+        self._pending = [(e, m) for e, m in self._pending if e.version > model.version]
         log.info(
             "%s v%d validated on %s, warm %s ms",
             env.name,
@@ -193,16 +206,19 @@ class ModelSwapper:
         )
         return model
 
-    def offer_raw(self, msg: Message) -> LoadedModel | None:
-        """Decode a `models` record and offer it; undecodable records are rejected."""
+    def decode(self, msg: Message) -> ModelEnvelope | None:
+        """The envelope in a `models` record; an undecodable one is rejected (None)."""
         try:
             check_envelope_headers(msg.headers)
-            env = decode_envelope(msg.value)
+            return decode_envelope(msg.value)
         except ValidationError as exc:
-            log.warning("models record at offset %d rejected: %s", msg.offset, exc)
-            self.metrics.swaps.labels(outcome="rejected", reason="undecodable").inc()
+            self._rejected(None, ModelRejected("undecodable", str(exc)), msg)
             return None
-        return self.offer(env)
+
+    def offer_raw(self, msg: Message) -> LoadedModel | None:
+        """Decode a `models` record and offer it."""
+        env = self.decode(msg)
+        return None if env is None else self.offer(env, msg)
 
     def tick(self) -> None:
         """Validate start-up candidates once truth exists; re-judge when the gate is due."""
@@ -228,12 +244,59 @@ class ModelSwapper:
             self._retired.clear()
 
 
-class ModelWatcher(threading.Thread):
-    """Reads the `models` topic from the start; newest first at start-up, then in order."""
+class ModelDeadLetters:
+    """Dead-letters rejected `models` records from the watcher thread, on a producer of its
+    own (the serving loop's is polled on the serving thread only), each acknowledged before
+    the next: rejections are rare, and one that cannot be sent is logged, never fatal.
 
-    def __init__(self, settings: KafkaSettings, topic: str, swapper: ModelSwapper) -> None:
+    Every serve instance judges every model, so each sends its own dead letter of a rejected
+    record (and again after a restart): Connect's topic/partition/offset headers tell them
+    apart from distinct records."""
+
+    def __init__(
+        self, settings: KafkaSettings, topic: str, max_bytes: int, metrics: ServeMetrics
+    ) -> None:
+        self.topic, self.max_bytes, self.metrics = topic, max_bytes, metrics
+        self._producer = Producer(settings)
+
+    def __call__(self, msg: Message, error: BaseException) -> None:
+        d = deadletter.of_record(
+            msg.topic, msg.partition, msg.offset, msg.value, msg.headers, str(error),
+            "inference", error,
+        )  # fmt: skip
+
+        def send(record: deadletter.DeadLetterRecord) -> None:
+            self._producer.send_and_wait(
+                self.topic, record.value, record.key, headers=record.headers, timeout_s=10
+            )
+
+        try:
+            deadletter.send_dead_letter(send, d, msg.key, self.max_bytes)
+        except ProduceError as exc:
+            log.error("could not dead-letter models record at offset %d: %s", msg.offset, exc)
+            return
+        self.metrics.deadletters.inc()
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class ModelWatcher(threading.Thread):
+    """Reads the `models` topic from the start; newest first at start-up, then in order.
+    Records it rejects go to ``dead_letters`` (when given)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        swapper: ModelSwapper,
+        dead_letters: ModelDeadLetters | None = None,
+    ) -> None:
         super().__init__(name="model-watcher", daemon=True)
         self.settings, self.topic, self.swapper = settings, topic, swapper
+        self.dead_letters = dead_letters
+        if dead_letters is not None:
+            swapper.dead_letter = dead_letters  # called only on this thread
         self._halt = threading.Event()
         self.caught_up = threading.Event()
         """Set once every record present at start-up was considered."""
@@ -268,6 +331,8 @@ class ModelWatcher(threading.Thread):
         finally:
             consumer.close()
             self.swapper.release_retired()
+            if self.dead_letters is not None:
+                self.dead_letters.close()
 
     def _partitions(self, consumer: Consumer) -> set[int]:
         """Partitions of the models topic; metadata can lag topic creation, so retry."""
@@ -284,12 +349,6 @@ class ModelWatcher(threading.Thread):
 
     def _start_with_newest(self, backlog: list[Message]) -> None:
         """Hand what the topic held at start-up to :meth:`ModelSwapper.start`."""
-        envs: list[ModelEnvelope] = []
-        for msg in backlog:
-            try:
-                check_envelope_headers(msg.headers)
-                envs.append(decode_envelope(msg.value))
-            except ValidationError as exc:
-                log.warning("models record at offset %d rejected: %s", msg.offset, exc)
-                self.swapper.metrics.swaps.labels(outcome="rejected", reason="undecodable").inc()
-        self.swapper.start(envs)
+        decoded = [(self.swapper.decode(msg), msg) for msg in backlog]
+        records = [(env, msg) for env, msg in decoded if env is not None]
+        self.swapper.start([env for env, _ in records], [msg for _, msg in records])

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -27,6 +28,7 @@ from schemas import headers
 from schemas.binary import pack_meta_blob, unpack_meta_blob
 from schemas.errors import CodecError
 from schemas.headers import HeaderItems, Headers
+from schemas.kafka import ProduceError
 
 SCHEMA_NAME = "dead_letter"
 SCHEMA_VERSION = 2
@@ -220,6 +222,23 @@ def dead_letter_record(
         if whole.size <= max_bytes:
             return whole
     return _cut(d, key, max_bytes) or minimal_record(d, key)
+
+
+def send_dead_letter(
+    send: Callable[[DeadLetterRecord], None], d: DeadLetter, key: bytes | None, max_bytes: int
+) -> bool:
+    """Send ``d`` with ``send``, cut to ``max_bytes``; when ``send`` raises a ProduceError
+    for its size (librdkafka's limit, or the broker's when ``send`` waits for the ack), the
+    minimal record goes instead. Returns whether what was sent was cut."""
+    record = dead_letter_record(d, key, max_bytes)
+    try:
+        send(record)
+    except ProduceError as exc:
+        if not exc.too_large:
+            raise
+        record = minimal_record(d, key)
+        send(record)
+    return record.cut
 
 
 def minimal_record(d: DeadLetter, key: bytes | None) -> DeadLetterRecord:

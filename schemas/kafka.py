@@ -436,7 +436,7 @@ class Producer:
         if not result:
             raise ProduceError(f"no acknowledgement from {topic!r} within {timeout_s}s")
         if not isinstance(result[0], int):
-            raise ProduceError(f"send to {topic!r} failed: {result[0]}")
+            raise _produce_error(result[0], topic)
         return result[0]
 
     def _produce(

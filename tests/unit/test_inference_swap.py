@@ -227,6 +227,8 @@ def test_restart_validates_the_topic_like_a_live_swap_and_physics_answers_until_
     )
     swapper = ModelSwapper(POLICY, live, metrics, gate=gate, trust=trusting_test_key())
     watcher = ModelWatcher(KafkaSettings(), "models", swapper)
+    dead: list[tuple[int, str]] = []
+    swapper.dead_letter = lambda msg, exc: dead.append((msg.offset, exc.reason))
     wrong = envelope(cv_onnx(offset_m=20.0), 2)
     backlog = [record(envelope(good, 1)), record(wrong), record(envelope(good, 10**9, key=None))]
     backlog = [m._replace(headers=envelope_headers()) for m in backlog]
@@ -234,7 +236,7 @@ def test_restart_validates_the_topic_like_a_live_swap_and_physics_answers_until_
     watcher._start_with_newest(backlog)
     # no ground truth yet: nothing is loaded blindly, physics answers
     assert swapper.take_ready() is None and swapper.waiting == 2
-    assert reasons(swapper) == ["unsigned"]
+    assert reasons(swapper) == ["undecodable", "unsigned"]
     swapper.tick()
     assert swapper.take_ready() is None and swapper.builds_started == 0
     assert gate.verdict(2).predictor != MODEL and gate.verdict(-1).predictor != MODEL
@@ -243,7 +245,9 @@ def test_restart_validates_the_topic_like_a_live_swap_and_physics_answers_until_
     swapper.tick()
     model = swapper.take_ready()
     assert model is not None and model.version == 1
-    assert reasons(swapper) == ["unsigned", "accuracy"] and swapper.waiting == 0
+    assert reasons(swapper) == ["undecodable", "unsigned", "accuracy"] and swapper.waiting == 0
+    # every rejected record is dead-lettered with its reason, the wrong v2 too
+    assert dead == [(9, "undecodable"), (10**9, "unsigned"), (2, "accuracy")]
     # judged at once, and still physics until v1's own answers meet their truth
     assert gate.verdict(1).version == 1 and gate.verdict(1).predictor != MODEL
     text = metrics.render().decode()
