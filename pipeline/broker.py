@@ -280,7 +280,10 @@ def free_port(exclude: set[int] = frozenset()) -> int:  # type: ignore[assignmen
 
 
 def port_is_free(port: int) -> bool:
+    """True when a server could listen on ``port`` now. SO_REUSEADDR as the JVM sets it:
+    sockets of a killed broker left in TIME_WAIT do not hold the port, a listener does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
