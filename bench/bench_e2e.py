@@ -174,6 +174,36 @@ def wait_health(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> dic
     raise SystemExit("inference did not become ready")
 
 
+def start_serve(bootstrap: str, prefix: str, port: int, args: argparse.Namespace):
+    """`python -m inference` on the model path (gate off), trusting the fixture key."""
+    py = sys.executable
+    cmd = [
+        py,
+        "-m",
+        "inference",
+        "--bootstrap",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+        "--metrics-port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
+        "--log-level",
+        "WARNING",
+        "--budget-ms",
+        str(args.budget_ms),
+        "--max-batch",
+        str(args.max_batch),
+        "--device",
+        args.device,
+        "--no-gate",  # measure the model path: the bench's model is CV, which physics ties
+        "--trusted-keys",
+        TEST_PUBLIC,  # publish_model signs with the test fixture key
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def run_rate(bootstrap: str, rate: int, args: argparse.Namespace) -> dict:
     settings = KafkaSettings(bootstrap=bootstrap)
     names = TopicNames(prefix=f"bench{uuid.uuid4().hex[:8]}-")
@@ -211,31 +241,7 @@ def run_rate(bootstrap: str, rate: int, args: argparse.Namespace) -> dict:
     v1, v2 = model_record(1), model_record(2)
     publish_model(settings, names.models, v1)
     port = free_port()
-    cmd = [
-        py,
-        "-m",
-        "inference",
-        "--bootstrap",
-        bootstrap,
-        "--topic-prefix",
-        names.prefix,
-        "--metrics-port",
-        str(port),
-        "--metrics-host",
-        "127.0.0.1",
-        "--log-level",
-        "WARNING",
-        "--budget-ms",
-        str(args.budget_ms),
-        "--max-batch",
-        str(args.max_batch),
-        "--device",
-        args.device,
-        "--no-gate",  # measure the model path: the bench's model is CV, which physics ties
-        "--trusted-keys",
-        TEST_PUBLIC,  # publish_model signs with the test fixture key
-    ]
-    serve = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    serve = start_serve(bootstrap, names.prefix, port, args)
     try:
         health = wait_health(port, serve)
         swap_at = args.duration / 2
