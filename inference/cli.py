@@ -32,10 +32,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"drivestream serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(config.log_level.upper())  # also when `drivestream` set it
     logging.getLogger("kafka").setLevel(logging.WARNING)
     service = InferenceService(config, settings)
     service.swapper.configure_trust(trust)

@@ -28,7 +28,7 @@ from kafka.errors import (
 )
 
 from schemas.config import env_name
-from schemas.errors import ClusterAuthError, ClusterUnreachableError, ConfigError
+from schemas.errors import ClusterAuthError, ClusterUnreachableError, ConfigError, ProduceError
 from schemas.headers import UNREADABLE, Headers
 from schemas.topics import TopicSpec
 
@@ -255,22 +255,6 @@ def _partitions(client: Any, topic: str, timeout_s: float) -> set[int]:
     if meta is None or meta.error is not None:
         return set()
     return set(meta.partitions)
-
-
-class ProduceError(Exception):
-    """A record was not delivered, or not in time; ``code`` is librdkafka's error name."""
-
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-
-    @property
-    def too_large(self) -> bool:
-        """The broker (or librdkafka's own limit) refused the record for its size."""
-        return self.code in _TOO_LARGE
-
-
-_TOO_LARGE = {"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"}
 
 
 class _ErrorLog:

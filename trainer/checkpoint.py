@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be read; move it away to start fresh."""
+from schemas.errors import CheckpointError
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

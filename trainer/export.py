@@ -17,13 +17,10 @@ import onnx
 import torch
 from torch import nn
 
+from schemas.errors import ExportError
 from schemas.model_spec import INPUT_NAME, OUTPUT_NAME, InputSpec
 
 OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """The model could not be exported or its graph does not expose its parameters."""
 
 
 def _distinct(model: nn.Module) -> nn.Module:

@@ -26,10 +26,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from schemas.errors import CheckpointError
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
 from trainer import metrics as m
-from trainer.checkpoint import CheckpointError, read_if_exists, write_atomic
+from trainer.checkpoint import read_if_exists, write_atomic
 from trainer.config import TrainConfig
 from trainer.model import (
     build_model,

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from schemas.errors import CodecError
+from schemas.errors import CheckpointError, CodecError
 from trainer import wire
-from trainer.checkpoint import CheckpointError
 
 
 def staleness_scale(staleness: int, max_staleness: int) -> float | None:

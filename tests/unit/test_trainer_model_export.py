@@ -8,9 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from schemas.errors import ExportError
 from schemas.kinematics import predict_ca, predict_ctrv, predict_cv
 from schemas.model_spec import DEFAULT_SPEC, INPUT_NAME, OUTPUT_NAME
-from trainer.export import ExportError, OnnxExporter
+from trainer.export import OnnxExporter
 from trainer.model import (
     ACCEL_TAU_S,
     CANDIDATES,

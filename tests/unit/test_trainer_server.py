@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schemas.errors import CodecError
+from schemas.errors import CheckpointError, CodecError
 from trainer import wire
-from trainer.checkpoint import CheckpointError, read_if_exists, write_atomic
+from trainer.checkpoint import read_if_exists, write_atomic
 from trainer.server_state import ServerState, staleness_scale
 
 
