@@ -130,18 +130,17 @@ class KafkaPSLink:
         return self.pending_offset is None
 
     def latest(self) -> wire.Weights | None:
-        newest = None
+        """The newest readable weights so far (an unreadable record never hides the good
+        one before it in the same poll)."""
         for msg in self._consumer.poll(0):
-            newest = msg
-        if newest is not None:
             try:
-                wire.check_weights_headers(newest.headers)
-                w = wire.decode_weights(newest.value)
+                wire.check_weights_headers(msg.headers)
+                w = wire.decode_weights(msg.value)
             except ValidationError as exc:
-                log.warning("ignoring unreadable ps-weights record %s: %s", newest.offset, exc)
-            else:
-                if self._latest is None or w.version >= self._latest.version:
-                    self._latest = w
+                log.warning("ignoring unreadable ps-weights record %s: %s", msg.offset, exc)
+                continue
+            if self._latest is None or w.version >= self._latest.version:
+                self._latest = w
         return self._latest
 
     def close(self) -> None:

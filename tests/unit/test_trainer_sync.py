@@ -158,3 +158,25 @@ def test_kafka_link_waits_for_delivery_and_for_the_server_to_catch_up() -> None:
     link.push(d)  # acknowledged at offset 42
     assert not link.ready(), "weights that processed only offsets < 42 do not include it"
     assert link.ready()
+
+
+def test_an_unreadable_weights_record_never_hides_the_good_one_before_it() -> None:
+    from schemas.kafka import Message
+    from trainer.wire import encode_weights, weights_headers
+
+    good = Weights(version=7, tensors={"a": np.ones(2, np.float32)}, updates_offset=3)
+    polled = [
+        Message("ps-weights", 0, 10, 0, None, encode_weights(good), weights_headers()),
+        Message("ps-weights", 0, 11, 0, None, b"\x00junk", weights_headers()),
+        Message("ps-weights", 0, 12, 0, None, encode_weights(good), []),  # no schema header
+    ]
+
+    class _Consumer:
+        def poll(self, timeout_ms: int) -> list[Message]:
+            out, polled[:] = list(polled), []
+            return out
+
+    link = KafkaPSLink.__new__(KafkaPSLink)
+    link._consumer, link._latest = _Consumer(), None
+    latest = link.latest()
+    assert latest is not None and latest.version == 7  # before: None (only the last was read)
