@@ -3,13 +3,12 @@
 Feature engineering lives inside the module (decision 2), so the exported ONNX graph reads
 exactly the schemas.model_spec input. The model is physics-informed: from the window it
 estimates speed, acceleration (speed slope) and yaw rate (sensor, and heading slope) and
-integrates candidate trajectories in-graph (CV, CA, CTRV, CTRA and variants, see
-:data:`CANDIDATES`; a midpoint sum over a fixed time grid, so nothing divides by a yaw
-rate). A small network over the ego-frame window outputs softmax blend weights over the
-candidates plus a bounded ego-frame residual. The network's last layers start at zero, so
-an untrained model *is* its physics prior (:data:`PRIOR_WEIGHTS`), and learning starts
-from there: one vehicle's first minute only has to move a few blend logits, not discover
-kinematics.
+integrates candidate trajectories in-graph (CV, CA, CTRV, CTRA; a midpoint sum over a fixed
+time grid, so nothing divides by a yaw rate). A small network over the ego-frame window
+outputs softmax blend weights over the candidates plus a bounded ego-frame residual.
+The network's last layers start at zero, so an untrained model *is* its physics prior
+(:data:`PRIOR_WEIGHTS`), and learning starts from there: one vehicle's first minute only
+has to move a few blend logits, not discover kinematics.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,50 +32,22 @@ _ESTIMATE_SCALE = (1 / 20.0, 1 / 3.0, 1 / 0.5, 1 / 0.5, 1 / 20.0, 1 / 5.0)
 _CLAMP = 10.0
 """Bound on every scaled network input: wild inputs give finite, bounded outputs."""
 
-ACCEL_TAU_S = 2.0
-"""Time constant of the fading acceleration a(t) = a0 exp(-t / tau): the expected
-acceleration of Singer's manoeuvre model (acceleration as a first-order Markov process)."""
-YAW_GAIN_HIGH = 1.5
-"""Yaw-rate gain of the tight-turn candidate (see :data:`CANDIDATES`)."""
-
-
-class Candidate(NamedTuple):
-    """One physics trajectory the model blends."""
-
-    name: str
-    speed: str
-    """"sensor" (the newest speed) or "position" (the fitted ego velocity)."""
-    accel: str
-    """"" (none), "constant" (the window's speed slope) or "fading" (that slope, decaying)."""
-    yaw: str
-    """"" (straight), "sensor" (the yaw-rate channel) or "heading" (the heading's slope)."""
-    yaw_gain: float = 1.0
-
-
-#: Candidate trajectories, in order. "position" speed is the fitted ego velocity over the
-#: window (its size and direction): it keeps working when a log's speed channel is off
-#: (units, scale) or its heading lags.
-#: Acceleration "constant" is CA's; "fading" is the Singer model's expected acceleration,
-#: decaying with :data:`ACCEL_TAU_S` (drivers do not hold a throttle or brake for 3 s):
-#: it keeps CA's gain on speed changes without CA's overshoot at the long horizons.
-#: The yaw gain lets the blend calibrate a yaw sensor: CV and CTRV only span gains 0..1,
-#: while a gyro tilted in its mount (or a leaning motorbike) under-reads the yaw rate.
-CANDIDATES: tuple[Candidate, ...] = (
-    Candidate("cv", "sensor", "", ""),
-    Candidate("ctrv", "sensor", "", "sensor"),
-    Candidate("ctrv_heading", "sensor", "", "heading"),
-    Candidate("ca", "sensor", "constant", ""),
-    Candidate("ctra", "sensor", "constant", "sensor"),
-    Candidate("ctra_heading", "sensor", "constant", "heading"),
-    Candidate("cv_position", "position", "", ""),
-    Candidate("ctrv_position", "position", "", "heading"),
-    Candidate("ctra_fading", "sensor", "fading", "sensor"),
-    Candidate("ctrv_tight", "sensor", "", "sensor", YAW_GAIN_HIGH),
+#: Candidate trajectories, in order: (name, speed source, uses accel fit, yaw source).
+#: "position" speed is the fitted ego velocity over the window (its size and direction):
+#: it keeps working when a log's speed channel is off (units, scale) or its heading lags.
+CANDIDATES: tuple[tuple[str, str, bool, str], ...] = (
+    ("cv", "sensor", False, ""),
+    ("ctrv", "sensor", False, "sensor"),
+    ("ctrv_heading", "sensor", False, "heading"),
+    ("ca", "sensor", True, ""),
+    ("ctra", "sensor", True, "sensor"),
+    ("ctra_heading", "sensor", True, "heading"),
+    ("cv_position", "position", False, ""),
+    ("ctrv_position", "position", False, "heading"),
 )
-#: Blend weights of the untrained model (the physics prior), one per candidate: CTRV (the
-#: best single physics predictor on real drives) and the fading-acceleration CTRA half and
-#: half, so the prior follows a speed trend for a second or two and no further.
-PRIOR_WEIGHTS = (0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0)
+#: Blend weights of the untrained model (the physics prior), one per candidate. CTRV-leaning:
+#: the yaw sensor wins on most real drives, and the CV share hedges a noisy one.
+PRIOR_WEIGHTS = (0.2, 0.6, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0)
 _MIN_WEIGHT = 1e-3
 """Prior weights are floored so every candidate's logit stays finite and learnable."""
 
@@ -114,14 +84,6 @@ def _integration_matrix(horizons: tuple[float, ...]) -> tuple[torch.Tensor, torc
     )
 
 
-def _accel_time(grid_t: torch.Tensor) -> torch.Tensor:
-    """[C, S] speed change per unit initial acceleration at each grid time, per candidate:
-    0 (no acceleration), t (constant) or tau (1 - exp(-t / tau)) (fading)."""
-    fading = ACCEL_TAU_S * (1.0 - torch.exp(-grid_t / ACCEL_TAU_S))
-    rows = {"": torch.zeros_like(grid_t), "constant": grid_t, "fading": fading}
-    return torch.stack([rows[c.accel] for c in CANDIDATES])
-
-
 class TrajectoryModel(nn.Module):
     """Blend of in-graph physics candidates plus a bounded residual, per horizon."""
 
@@ -130,7 +92,7 @@ class TrajectoryModel(nn.Module):
     estimate_scale: torch.Tensor
     grid_t: torch.Tensor
     grid_w: torch.Tensor
-    accel_time: torch.Tensor
+    use_accel: torch.Tensor
     use_position: torch.Tensor
     yaw_select: torch.Tensor
 
@@ -144,15 +106,19 @@ class TrajectoryModel(nn.Module):
         grid_t, grid_w = _integration_matrix(spec.horizons_s)
         self.register_buffer("grid_t", grid_t)
         self.register_buffer("grid_w", grid_w)
-        self.register_buffer("accel_time", _accel_time(grid_t))
+        self.register_buffer(
+            "use_accel", torch.tensor([float(a) for _, _, a, _ in CANDIDATES], dtype=torch.float32)
+        )
         self.register_buffer(
             "use_position",
-            torch.tensor([float(c.speed == "position") for c in CANDIDATES], dtype=torch.float32),
+            torch.tensor(
+                [float(v == "position") for _, v, _, _ in CANDIDATES], dtype=torch.float32
+            ),
         )
-        # yaw per candidate = [0, sensor, heading] @ yaw_select[:, c] (the gain folded in)
+        # yaw per candidate = [0, sensor, heading] @ yaw_select[:, c]
         select = torch.zeros(3, n_c)
-        for i, c in enumerate(CANDIDATES):
-            select[{"": 0, "sensor": 1, "heading": 2}[c.yaw], i] = c.yaw_gain
+        for c, (_, _, _, yaw) in enumerate(CANDIDATES):
+            select[{"": 0, "sensor": 1, "heading": 2}[yaw], c] = 1.0
         self.register_buffer("yaw_select", select)
 
         n_in = spec.history * len(_FEATURE_SCALE) + len(_ESTIMATE_SCALE)
@@ -210,10 +176,9 @@ class TrajectoryModel(nn.Module):
         phi = phi_p * pos
         yaws = torch.stack([torch.zeros_like(est[:, 2]), est[:, 2], est[:, 3]], dim=-1)
         w = yaws @ self.yaw_select  # [B, C]
+        acc = est[:, 1:2] * self.use_accel  # [B, C]
         t = self.grid_t[None, None, :]
-        # speed change by each grid time: a0 x accel_time (0, t or the fading integral)
-        dv = est[:, 1, None, None] * self.accel_time[None, :, :]
-        speed = torch.clamp(v[:, :, None] + dv, 0.0, MAX_SPEED)  # braking stops, never reverses
+        speed = torch.relu(v[:, :, None] + acc[:, :, None] * t)  # braking stops, never reverses
         theta = phi[:, :, None] + w[:, :, None] * t
         ex = (speed * torch.cos(theta)) @ self.grid_w.t()  # [B, C, K]
         ey = (speed * torch.sin(theta)) @ self.grid_w.t()

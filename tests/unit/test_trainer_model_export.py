@@ -9,18 +9,10 @@ import pytest
 import torch
 
 from schemas.errors import ExportError
-from schemas.kinematics import predict_ca, predict_ctrv, predict_cv
+from schemas.kinematics import predict_ctrv, predict_cv
 from schemas.model_spec import DEFAULT_SPEC, INPUT_NAME, OUTPUT_NAME
 from trainer.export import OnnxExporter
-from trainer.model import (
-    ACCEL_TAU_S,
-    CANDIDATES,
-    PRIOR_WEIGHTS,
-    SENSOR_YAW_FRAMES,
-    YAW_GAIN_HIGH,
-    build_model,
-    trainable_state,
-)
+from trainer.model import CANDIDATES, PRIOR_WEIGHTS, SENSOR_YAW_FRAMES, build_model, trainable_state
 
 torch.set_num_threads(1)
 
@@ -72,74 +64,6 @@ def test_in_graph_candidates_are_the_closed_form_cv_and_ctrv() -> None:
     ctrv = predict_ctrv(last[:, 1], last[:, 2], last[:, 3], last[:, 4], last[:, 5], hs)
     np.testing.assert_allclose(cands[:, names.index("cv")], cv, atol=1e-2)
     np.testing.assert_allclose(cands[:, names.index("ctrv")], ctrv, atol=3e-2)  # midpoint sum
-
-
-def straight_track(t: np.ndarray, speed: np.ndarray) -> np.ndarray:
-    """Windows ``[N, T, 7]`` along the x axis: one per anchor, speeds sampled at ``t``."""
-    x = np.concatenate([[0.0], np.cumsum(0.5 * (speed[1:] + speed[:-1]) * np.diff(t))])
-    n, hist = len(t) - DEFAULT_SPEC.history + 1, DEFAULT_SPEC.history
-    w = np.zeros((n, hist, 7), np.float32)
-    for i in range(n):
-        s = slice(i, i + hist)
-        w[i, :, 0], w[i, :, 1], w[i, :, 3] = t[s] - t[s][-1], x[s], speed[s]
-    return w
-
-
-def test_fading_acceleration_candidate_is_singers_expected_motion() -> None:
-    """CTRA with acceleration a0 exp(-t / tau): distance v t + a0 tau (t - tau (1 - e^-t/tau))."""
-    model = build_model(DEFAULT_SPEC, 64, seed=0)
-    t = np.arange(DEFAULT_SPEC.history) / 10.0
-    w = straight_track(t, 10.0 + 2.0 * t)  # 2 m/s^2, the newest speed 11.8 m/s
-    cands = model.candidates(torch.from_numpy(w)).detach().numpy()[0]
-    h, tau = np.asarray(DEFAULT_SPEC.horizons_s), ACCEL_TAU_S
-    fading = w[0, -1, 1] + 11.8 * h + 2.0 * tau * (h - tau * (1 - np.exp(-h / tau)))
-    names = [c.name for c in CANDIDATES]
-    np.testing.assert_allclose(cands[names.index("ctra_fading"), :, 0], fading, atol=0.02)
-    np.testing.assert_allclose(cands[names.index("ctra_fading"), :, 1], 0.0, atol=1e-3)
-
-
-def test_tight_turn_candidate_scales_the_sensor_yaw_rate() -> None:
-    model = build_model(DEFAULT_SPEC, 64, seed=3)
-    w = random_windows(16, 4)
-    w[:, -SENSOR_YAW_FRAMES:, 5] = w[:, -1:, 5]
-    last = w[:, -1].astype(np.float64)
-    cands = model.candidates(torch.from_numpy(w)).detach().numpy()
-    tight = predict_ctrv(
-        last[:, 1], last[:, 2], last[:, 3], last[:, 4], YAW_GAIN_HIGH * last[:, 5],
-        DEFAULT_SPEC.horizons_s,
-    )  # fmt: skip
-    names = [c.name for c in CANDIDATES]
-    np.testing.assert_allclose(cands[:, names.index("ctrv_tight")], tight, atol=5e-2)
-
-
-def test_prior_beats_ctrv_and_fading_beats_ca_when_a_vehicle_pulls_away() -> None:
-    """A car pulling away whose acceleration fades (speed 2 -> ~14 m/s): CTRV misses the
-    speed gain, so the untrained model (its prior) beats it clearly; CA keeps accelerating,
-    so the fading-acceleration candidate beats CA at the long horizon."""
-    t = np.arange(0.0, 12.0, 0.1)
-    speed = 2.0 + 12.0 * (1.0 - np.exp(-t / 3.0))
-    w = straight_track(t, speed)
-    x = np.concatenate([[0.0], np.cumsum(0.5 * (speed[1:] + speed[:-1]) * 0.1)])
-    w[:, :, 6] = np.gradient(speed, t)[np.arange(len(w))[:, None] + np.arange(w.shape[1])]
-    anchors = np.arange(len(w)) + DEFAULT_SPEC.history - 1
-    truth = np.interp(t[anchors, None] + DEFAULT_SPEC.horizons_s, t, x, right=np.nan)
-    keep = np.isfinite(truth).all(1)
-    model = build_model(DEFAULT_SPEC, 64, seed=0)
-    with torch.no_grad():
-        prior = model(torch.from_numpy(w[keep])).numpy()[:, -1, 0]
-        cands = model.candidates(torch.from_numpy(w[keep])).numpy()[:, :, -1, 0]
-    last = w[keep, -1].astype(np.float64)
-    hs = DEFAULT_SPEC.horizons_s
-    ctrv = predict_ctrv(last[:, 1], last[:, 2], last[:, 3], last[:, 4], last[:, 5], hs)
-    ca = predict_ca(last[:, 1], last[:, 2], last[:, 3], last[:, 4], last[:, 6], hs)
-    fading = cands[:, [c.name for c in CANDIDATES].index("ctra_fading")]
-    err = {
-        k: float(np.abs(p - truth[keep, -1]).mean())
-        for k, p in (("prior", prior), ("ctrv", ctrv[:, -1, 0]), ("ca", ca[:, -1, 0]),
-                     ("fading", fading))
-    }  # fmt: skip
-    assert err["prior"] < 0.6 * err["ctrv"], err
-    assert err["fading"] < 0.8 * err["ca"], err
 
 
 def wild_windows(n: int, seed: int) -> np.ndarray:
