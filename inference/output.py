@@ -22,7 +22,7 @@ from inference.errors import DeliveryError
 from inference.metrics import STAGES, ServeMetrics
 from schemas import deadletter, prediction
 from schemas.headers import now_ns
-from schemas.kafka import Consumer, KafkaSettings, Key, Message, ProduceError, Producer
+from schemas.kafka import Consumer, KafkaSettings, Message, ProduceError, Producer, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class Output:
         self.metrics = metrics
         self.stats = stats
         self.producer: Producer | None = None
-        self.next_offset: dict[Key, int] = {}
-        self.committed: dict[Key, int] = {}
+        self.next_offset: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
         self.halted = False
         """Set after a failed delivery or an unclean close: nothing is committed any more."""
         self._encoder = prediction.PredictionEncoder()
@@ -219,14 +219,16 @@ class Output:
         """Every frame of ``msg`` was answered or queued: the record no longer holds commits."""
         self.next_offset[(msg.topic, msg.partition)] = msg.offset + 1
 
-    def due(self, waiting: dict[Key, int], keys: set[Key] | None = None) -> dict[Key, int]:
+    def due(
+        self, waiting: dict[TopicPartition, int], keys: set[TopicPartition] | None = None
+    ) -> dict[TopicPartition, int]:
         """Next offsets to commit: below every frame still ``waiting``, not yet committed."""
         offsets = {
             k: waiting.get(k, v) for k, v in self.next_offset.items() if keys is None or k in keys
         }
         return {k: v for k, v in offsets.items() if self.committed.get(k) != v}
 
-    def commit(self, consumer: Consumer, waiting: dict[Key, int]) -> None:
+    def commit(self, consumer: Consumer, waiting: dict[TopicPartition, int]) -> None:
         """Flush predictions, make sure all were delivered, then commit what they cover."""
         offsets = self.due(waiting)
         if not offsets or self.halted:
@@ -238,7 +240,7 @@ class Output:
         except Exception as exc:  # rebalance in progress: the revoke drain commits instead
             log.warning("offset commit failed (frames may be answered again): %s", exc)
 
-    def forget(self, keys: set[Key]) -> None:
+    def forget(self, keys: set[TopicPartition]) -> None:
         """Drop the offsets of partitions this instance no longer owns."""
         for key in keys:
             self.next_offset.pop(key, None)

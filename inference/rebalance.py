@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from schemas.kafka import Key
+from schemas.kafka import TopicPartition
 
 if TYPE_CHECKING:
     from inference.service import InferenceService
@@ -25,7 +25,7 @@ class RebalanceDrain:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    def on_revoked(self, keys: set[Key]) -> None:
+    def on_revoked(self, keys: set[TopicPartition]) -> None:
         if not keys:
             return
         svc = self.service
@@ -44,12 +44,12 @@ class RebalanceDrain:
         finally:
             svc._forget(keys)
 
-    def on_lost(self, keys: set[Key]) -> None:
+    def on_lost(self, keys: set[TopicPartition]) -> None:
         """Membership already gone: committing is impossible, so answer nothing here either."""
         log.warning("lost partitions %s; their next owner answers them", sorted(p for _, p in keys))
         self.service._forget(keys)
 
-    def on_assigned(self, keys: set[Key]) -> None:
+    def on_assigned(self, keys: set[TopicPartition]) -> None:
         svc = self.service
         svc.assigned |= keys
         log.info("assigned partitions %s", sorted(p for _, p in svc.assigned))

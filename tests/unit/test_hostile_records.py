@@ -20,7 +20,7 @@ from schemas import deadletter, headers
 from schemas.deadletter import DeadLetter, decode_dead_letter, encode_dead_letter
 from schemas.errors import CodecError, SchemaVersionError, ValidationError
 from schemas.headers import now_ns, stamp
-from schemas.kafka import KafkaSettings, Message, ProduceError, Producer, _headers_of
+from schemas.kafka import KafkaSettings, Message, ProduceError, Producer, headers_of
 from schemas.sensor import (
     SensorFrame,
     check_frame_headers,
@@ -225,7 +225,7 @@ def test_unreadable_client_headers_become_one_marker_header() -> None:
         def headers(self):
             raise SystemError("returned a result with an exception set")
 
-    [(key, why)] = _headers_of(Broken())  # type: ignore[arg-type]
+    [(key, why)] = headers_of(Broken())  # type: ignore[arg-type]
     assert key == headers.UNREADABLE and b"SystemError" in why
     with pytest.raises(CodecError, match="UTF-8"):
         check_frame_headers([(key, why)])

@@ -11,9 +11,9 @@ from kafka.admin import KafkaAdminClient
 
 from pipeline.broker import free_port
 from pipeline.cli import main
-from schemas import kafka
 from schemas.errors import ClusterUnreachableError, ConfigError
 from schemas.kafka import Consumer, KafkaSettings, Producer, check_cluster, ensure_topics
+from schemas.kafka import admin as kafka_admin
 from schemas.topics import default_topics
 
 
@@ -143,7 +143,7 @@ def test_an_unreachable_cluster_is_one_line_naming_the_settings_fast() -> None:
 def test_drivestream_topics_on_a_dead_broker_prints_one_line_within_15s(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(kafka, "CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(kafka_admin, "CONNECT_TIMEOUT_S", 2.0)
     t0 = time.monotonic()
     rc = main(["topics", "--bootstrap", f"127.0.0.1:{free_port()}"])
     err = capsys.readouterr().err.strip()
