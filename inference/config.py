@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from schemas import deadletter, topics
+from schemas import deadletter, prediction, topics
 from schemas.config import setting
 from schemas.errors import ConfigError
 
@@ -41,6 +41,11 @@ class ServeConfig:
     )
     max_deadletter_bytes: int = setting(
         deadletter.MAX_BYTES, "largest dead letter; a larger bad record is cut (sha256 kept)"
+    )
+    predictions_format: str = setting(
+        "binary",
+        "value layout of predictions: binary (compact, fastest) or json (schema tag "
+        "prediction+json/1, for standard Kafka tooling; see docs/WIRE.md)",
     )
     commit_interval_ms: int = setting(1000, "how often to flush predictions and commit offsets")
     max_poll_records: int = setting(500, "records taken per consumer poll")
@@ -80,6 +85,11 @@ class ServeConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}"),
+            (
+                self.predictions_format in prediction.FORMATS,
+                f"predictions_format must be one of {prediction.FORMATS}, "
+                f"got {self.predictions_format!r}",
+            ),
             (self.max_wait_us >= 0, f"max_wait_us must be >= 0, got {self.max_wait_us}"),
             (self.budget_ms > 0, f"budget_ms must be > 0, got {self.budget_ms}"),
             (self.safety_margin_ms >= 0, "safety_margin_ms must be >= 0"),

@@ -49,6 +49,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "serve": ("inference.cli", "add_serve_arguments", "run_serve", "run the inference service"),
     "up": ("pipeline.up", "add_arguments", "run", "run the whole pipeline on the local broker"),
     "report": ("pipeline.report_cli", "add_arguments", "run", "measure latency and accuracy"),
+    "tail": ("pipeline.tail", "add_arguments", "run", "print a topic's records as JSON lines"),
 }
 
 

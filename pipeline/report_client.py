@@ -98,8 +98,7 @@ class ReportClient:
         got = 0
         for m in messages:
             try:
-                check_prediction_headers(m.headers)
-                p = decode_prediction(m.value)
+                p = decode_prediction(m.value, check_prediction_headers(m.headers))
             except (CodecError, ValidationError):
                 self.undecodable += 1
                 continue

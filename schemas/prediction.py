@@ -16,14 +16,20 @@ import pyarrow as pa
 
 from schemas import headers
 from schemas.binary import Reader, pack_string
-from schemas.errors import CodecError
-from schemas.headers import Headers
+from schemas.errors import CodecError, SchemaVersionError
+from schemas.headers import HeaderItems, Headers
 
 SCHEMA_NAME = "prediction"
 SCHEMA_VERSION = 1
 
 Source = Literal["model", "fallback"]
 SOURCES: tuple[Source, ...] = ("model", "fallback")
+
+Format = Literal["binary", "json"]
+FORMATS: tuple[Format, ...] = ("binary", "json")
+"""Value layouts of ``predictions``: the compact binary one (default) or JSON
+(:mod:`schemas.prediction_json`); the ``ds-schema`` header says which."""
+JSON_SCHEMA_NAME = "prediction+json"
 
 ARROW_SCHEMA = pa.schema(
     [
@@ -172,7 +178,14 @@ def encode_prediction(p: Prediction) -> bytes:
     )
 
 
-def decode_prediction(value: bytes) -> Prediction:
+def decode_prediction(value: bytes, fmt: Format = "binary") -> Prediction:
+    """Decode a value of layout ``fmt`` (what :func:`check_prediction_headers` returned)."""
+    if fmt == "json":
+        from schemas.prediction_json import decode_prediction_json  # it imports this module
+
+        return decode_prediction_json(value)
+    if fmt != "binary":
+        raise CodecError("format", f"unknown prediction format {fmt!r}; one of {FORMATS}")
     r = Reader(value, "prediction")
     vid = r.string()
     seq, t_event, version = r.unpack(_HEAD)
@@ -200,12 +213,24 @@ def decode_prediction(value: bytes) -> Prediction:
     )
 
 
-def prediction_headers() -> Headers:
-    return [(headers.SCHEMA, headers.schema_tag(SCHEMA_NAME, SCHEMA_VERSION))]
+def prediction_headers(fmt: Format = "binary") -> Headers:
+    """``ds-schema: prediction/1`` (binary) or ``prediction+json/1`` (JSON)."""
+    name = JSON_SCHEMA_NAME if fmt == "json" else SCHEMA_NAME
+    return [(headers.SCHEMA, headers.schema_tag(name, SCHEMA_VERSION))]
 
 
-def check_prediction_headers(hdrs: Headers | None) -> None:
-    headers.check_schema(hdrs, SCHEMA_NAME, SCHEMA_VERSION)
+def check_prediction_headers(hdrs: HeaderItems) -> Format:
+    """The layout the headers declare; SchemaVersionError/CodecError if neither."""
+    try:
+        headers.check_schema(hdrs, SCHEMA_NAME, SCHEMA_VERSION)
+        return "binary"
+    except SchemaVersionError as binary_error:
+        if headers.get(hdrs, headers.SCHEMA) != headers.schema_tag(JSON_SCHEMA_NAME, 1):
+            raise SchemaVersionError(
+                headers.shown(headers.get(hdrs, headers.SCHEMA) or b""),
+                f"{SCHEMA_NAME}/{SCHEMA_VERSION} or {JSON_SCHEMA_NAME}/{SCHEMA_VERSION}",
+            ) from binary_error
+        return "json"
 
 
 def predictions_to_table(preds: list[Prediction]) -> pa.Table:
