@@ -107,6 +107,12 @@ class ServeMetrics:
             "drivestream_inference_model_version", "Serving model version (-1: none)", registry=r
         )
         self.model_version.set(-1)
+        self.model_trained_until = Gauge(
+            "drivestream_inference_model_trained_until_seconds",
+            "Label time (unix s) of the newest sample the serving model was trained on; "
+            "time() minus it is the trainer's freshness (0: no model)",
+            registry=r,
+        )
         self.gate_predictor = Gauge(
             "drivestream_inference_gate_predictor",
             "1 for the predictor answering what the model could answer (model, cv or ctrv)",

@@ -272,6 +272,7 @@ class InferenceService:
         self.swap_pauses_ms.append(pause_s * 1e3)
         self.metrics.swap_pause.observe(pause_s)
         self.metrics.model_version.set(new.version)
+        self.metrics.model_trained_until.set(new.envelope.trained_until_ns / 1e9)
         self.metrics.set_provider(new.provider)
         self.metrics.swaps.labels(outcome="swapped", reason="").inc()
         self.stats["swaps"] += 1

@@ -358,3 +358,18 @@ def test_an_implausible_frame_goes_to_deadletter_and_the_vehicle_keeps_being_ser
     assert len(dead) == 1 and b"implausible_time_jump" in dead[0]
     answers = [(p.seq, p.source) for p in producer.predictions()]
     assert answers == [(0, "fallback"), (2, "model")]  # not 'out_of_order' for ever after
+
+
+def test_a_swap_publishes_how_fresh_the_serving_models_training_is() -> None:
+    import re
+
+    from tests.model_fixtures import cv_onnx, envelope, trusting_test_key
+
+    svc, _, _ = make_service()
+    svc.swapper.configure_trust(trusting_test_key())
+    env = envelope(cv_onnx(), 1)
+    assert svc.swapper.offer(env) is not None
+    svc._maybe_swap()
+    text = svc.metrics.render().decode()
+    got = re.search(r"^drivestream_inference_model_trained_until_seconds (\S+)$", text, re.M)
+    assert got is not None and abs(float(got.group(1)) - env.trained_until_ns / 1e9) < 1e-3
