@@ -78,18 +78,29 @@ class Supervisor:
         Only the leader gets SIGTERM: launchers such as torchrun forward it to their workers
         and shut down cleanly, which a group-wide signal would interrupt.
         """
+        tree = _descendants(child.proc.pid)  # torchrun's ranks run in sessions of their own
         if child.running:
             child.proc.send_signal(signal.SIGTERM)
         try:
             child.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             log.warning("%s ignored SIGTERM for %.0fs; killing it", child.name, timeout_s)
-        # Whatever the leader did, take down anything left in its group (torchrun's ranks).
+        # Let the launcher's own shutdown of its ranks finish, then take down whatever is
+        # left of its group and its tree, and return only once they are gone (a SIGKILLed
+        # rank takes a moment to die, and `up` must not exit while one is still there).
+        wait_until(lambda: not _any_alive(tree), timeout_s if child.proc.returncode == 0 else 1)
         _signal_group(child.proc.pid, signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         try:
-            return child.proc.wait(5)
+            code = child.proc.wait(5)
         except subprocess.TimeoutExpired:
-            return None
+            code = None
+        gone = lambda: not _group_alive(child.proc.pid) and not _any_alive(tree)  # noqa: E731
+        if not wait_until(gone, 10, 0.05):
+            log.warning("%s: processes outlived SIGKILL", child.name)
+        return code
 
     def stop_all(self, timeout_s: float = 20.0) -> None:
         for child in reversed(self.children):
@@ -120,12 +131,50 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def _proc_stats() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/<pid>/stat after the command name (state, ppid, pgrp...)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            out[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (Linux; else empty)."""
+    if sys.platform != "linux":
+        return set()
+    children: dict[int, list[int]] = {}
+    for p, fields in _proc_stats().items():
+        children.setdefault(int(fields[1]), []).append(p)
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def _any_alive(pids: set[int]) -> bool:
+    """Whether any of ``pids`` still runs (zombies do not count)."""
+    if not pids:
+        return False
+    stats = _proc_stats()
+    return any(p in stats and stats[p][0] != "Z" for p in pids)
+
+
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, already dead, do not count)."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    if sys.platform != "linux":
+        return True
+    return any(f[2] == str(pgid) and f[0] != "Z" for f in _proc_stats().values())
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:

@@ -7,7 +7,10 @@ instead of killing the process with -15.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
 
 _stop: threading.Event | None = None
@@ -22,3 +25,21 @@ def install_stop_handler() -> threading.Event:
             signal.signal(sig, lambda *_: event.set())
         _stop = event
     return _stop
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher() -> None:
+    """SIGTERM this rank when its launcher (torchrun) dies, even by SIGKILL (Linux).
+
+    torchrun starts every rank in a session of its own, so a signal to the launcher's
+    process group never reaches the ranks: without this a killed launcher leaves them
+    running. A launcher that died before the request took effect: exit now.
+    """
+    if sys.platform != "linux":
+        return
+    launcher = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != launcher:
+        raise SystemExit("the launcher is gone; not starting")
