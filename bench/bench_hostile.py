@@ -2,8 +2,9 @@
 
 1. Good-traffic latency of `python -m inference` with and without 10,000 bad records a
    minute mixed into `sensors` (junk values, bad frame counts, truncations, non-finite
-   numbers, bad headers: :data:`tests.hostile.JUNK_KINDS`), in one run: rounds alternate
-   clean and hostile on the same service, and the medians of the rounds are reported.
+   numbers, bad headers: :data:`tests.hostile.JUNK_KINDS`; sent by a process of their own),
+   in one run: rounds alternate clean and hostile, each on a fresh service and fresh
+   topics of one broker, and the medians of the rounds are reported.
 2. Checking a model's signature (:meth:`schemas.signing.TrustedKeys.verify`) on the
    parameter server's real export, beside decoding the envelope and building its session.
 
@@ -19,10 +20,12 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,58 +42,69 @@ from schemas.topics import TopicNames, default_topics  # noqa: E402
 from tests.hostile import JUNK_KINDS, Hostile  # noqa: E402
 
 
-def bad_stream(
-    settings: KafkaSettings, topic: str, per_s: float, stop: threading.Event, sent_out: list
-) -> None:
-    """Send junk records at ``per_s`` until ``stop``; appends how many to ``sent_out``."""
+def bad_worker(bootstrap: str, topic: str, per_s: float) -> None:
+    """A process of its own: send junk records at ``per_s`` until killed (pre-built, so the
+    generator's cost does not slow the sending), then print how many."""
+    settings = KafkaSettings(bootstrap=bootstrap)
     hostile = Hostile(seed=5, sensor_kinds=JUNK_KINDS)
+    records = [hostile.sensor(synthetic.frame(i, 8, heading_step=0.01)) for i in range(2000)]
     sent, t0 = 0, time.monotonic()
     with Producer(settings).connect() as p:
-        while not stop.is_set():
-            due = int((time.monotonic() - t0) * per_s)
-            while sent < due:
-                p.send(topic, *hostile.sensor(synthetic.frame(sent, 8, heading_step=0.01)))
-                sent += 1
-            time.sleep(0.01)
-    sent_out.append(sent)
+        print("ready", flush=True)
+        try:
+            while True:
+                due = int((time.monotonic() - t0) * per_s)
+                while sent < due:
+                    p.send(topic, *records[sent % len(records)])
+                    sent += 1
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            print(sent, flush=True)
 
 
-def latency_rounds(bootstrap: str, args: argparse.Namespace) -> dict:
+def one_round(bootstrap: str, hostile: bool, args: argparse.Namespace) -> dict:
+    """A fresh service on fresh topics; good load, with junk alongside when ``hostile``."""
     settings = KafkaSettings(bootstrap=bootstrap)
     names = TopicNames(prefix=f"benchhostile{uuid.uuid4().hex[:8]}-")
     ensure_topics(settings, default_topics(4, names.prefix))
     bench_e2e.publish_model(settings, names.models, bench_e2e.model_record(1))
     port = free_port()
     serve = bench_e2e.start_serve(bootstrap, names.prefix, port, args)
-    rounds: dict[str, list[dict]] = {"clean": [], "hostile": []}
+    bad = None
     try:
         bench_e2e.wait_health(port, serve)
-        for _ in range(args.rounds):
-            for mode in ("clean", "hostile"):
-                stop = threading.Event()
-                result: list[int] = []
-                if mode == "hostile":
-                    per_s = args.bad_per_min / 60
-                    t = threading.Thread(
-                        target=bad_stream,
-                        args=(settings, names.sensors, per_s, stop, result),
-                        daemon=True,
-                    )
-                    t.start()
-                res = bench_e2e.load(
-                    settings, names.sensors, names.predictions, args.rate, args.duration
-                )
-                stop.set()
-                if mode == "hostile":
-                    t.join()
-                    res["bad_sent"] = result[0]
-                rounds[mode].append(res)
-                print(mode, json.dumps(res), flush=True)
+        if hostile:
+            bad = subprocess.Popen(
+                [sys.executable, __file__, "--bad-worker", "--bootstrap", bootstrap,
+                 "--topic", names.sensors, "--bad-per-min", str(args.bad_per_min)],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert bad.stdout is not None
+            bad.stdout.readline()
+        res = bench_e2e.load(settings, names.sensors, names.predictions, args.rate, args.duration)
+        if bad is not None:
+            bad.send_signal(signal.SIGINT)
+            assert bad.stdout is not None
+            res["bad_sent"] = int(bad.stdout.readline() or 0)
+            bad.wait(10)
         metrics = bench_e2e.scrape(port)
     finally:
+        if bad is not None and bad.poll() is None:
+            bad.kill()
         serve.terminate()
         serve.wait(30)
-    dead = [ln for ln in metrics.splitlines() if ln.startswith("drivestream_inference_deadletters")]
+    dead = re.search(r"^drivestream_inference_deadletters_total (\S+)$", metrics, re.M)
+    res["deadletters"] = int(float(dead.group(1))) if dead else 0
+    return res
+
+
+def latency_rounds(bootstrap: str, args: argparse.Namespace) -> dict:
+    rounds: dict[str, list[dict]] = {"clean": [], "hostile": []}
+    for _ in range(args.rounds):
+        for mode in ("clean", "hostile"):
+            res = one_round(bootstrap, mode == "hostile", args)
+            rounds[mode].append(res)
+            print(mode, json.dumps(res), flush=True)
     return {
         "rate": args.rate,
         "duration_s": args.duration,
@@ -99,8 +113,8 @@ def latency_rounds(bootstrap: str, args: argparse.Namespace) -> dict:
         "p50_ms": {m: statistics.median(r["p50_ms"] for r in rs) for m, rs in rounds.items()},
         "p99_each_ms": {m: [r["p99_ms"] for r in rs] for m, rs in rounds.items()},
         "answered_all": all(r["answered"] >= r["sent"] for rs in rounds.values() for r in rs),
-        "bad_sent": sum(r["bad_sent"] for r in rounds["hostile"]),
-        "deadletters_metric": dead,
+        "bad_sent": [r["bad_sent"] for r in rounds["hostile"]],
+        "deadletters": [r["deadletters"] for r in rounds["hostile"]],
     }
 
 
@@ -149,7 +163,12 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=float, default=50.0)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bad-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bad_worker:
+        bad_worker(args.bootstrap, args.topic, args.bad_per_min / 60)
+        return
     print("signature", json.dumps(signature_cost()), flush=True)
     with contextlib.ExitStack() as stack:
         bootstrap = args.bootstrap
