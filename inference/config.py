@@ -28,6 +28,12 @@ class ServeConfig:
     bootstrap: str = setting("127.0.0.1:9092", "Kafka bootstrap host:port")
     topic_prefix: str = setting("", "prefix of every topic name")
     group_id: str = setting("drivestream-inference", "consumer group shared by instances")
+    session_timeout_ms: int = setting(
+        6000,
+        "an instance silent this long is out of the group and its partitions move to the "
+        "others (the broker's group.min.session.timeout.ms bounds it: 6000 by default, 1000 "
+        "on drivestream's local broker)",
+    )
     model_name: str = setting("", "serve only this model name ('' = any)")
     max_batch: int = setting(64, "largest micro-batch across vehicles")
     max_wait_us: int = setting(500, "longest a frame waits for its batch to fill, microseconds")
@@ -97,6 +103,7 @@ class ServeConfig:
             (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
             (0 <= self.metrics_port < 65536, f"metrics_port must be 0..65535: {self.metrics_port}"),
             (self.commit_interval_ms >= 1, "commit_interval_ms must be >= 1"),
+            (self.session_timeout_ms >= 500, "session_timeout_ms must be >= 500"),
             (self.max_poll_records >= 1, "max_poll_records must be >= 1"),
             (self.accuracy_tolerance >= 0, "accuracy_tolerance must be >= 0"),
             (self.min_truth_samples >= 1, "min_truth_samples must be >= 1"),

@@ -120,7 +120,13 @@ class InferenceService:
             choose_providers(c.device),
         )
         self.output.open(self.settings)
-        self._consumer = Consumer(self.settings, [c.sensors_topic], c.group_id)
+        self._consumer = Consumer(
+            self.settings,
+            [c.sensors_topic],
+            c.group_id,
+            session_timeout_ms=c.session_timeout_ms,
+            heartbeat_interval_ms=max(100, c.session_timeout_ms // 5),
+        )
         self._consumer.on_rebalance(RebalanceDrain(self))
         self._consumer.wait_partitions(c.sensors_topic)  # first call joins: topic must exist
         dead_letters = ModelDeadLetters(

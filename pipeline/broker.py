@@ -182,6 +182,7 @@ class LocalBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            "group.min.session.timeout.ms": "1000",  # lets serve detect a dead peer in ~1 s
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
             "num.network.threads": "2",
             "num.io.threads": "2",

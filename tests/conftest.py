@@ -38,7 +38,10 @@ def _docker_answers() -> bool:
 def _testcontainers_broker() -> Iterator[str]:
     from testcontainers.kafka import KafkaContainer
 
-    with KafkaContainer(TESTCONTAINERS_IMAGE).with_kraft() as kafka:
+    container = KafkaContainer(TESTCONTAINERS_IMAGE).with_kraft()
+    # as drivestream's local broker: serve's fault tests use session timeouts of ~1 s
+    container = container.with_env("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", "1000")
+    with container as kafka:
         yield kafka.get_bootstrap_server()
 
 

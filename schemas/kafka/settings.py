@@ -45,6 +45,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "receive.message.max.bytes": 64 * 1024 * 1024 + 512,
     "session.timeout.ms": 10_000,
     "heartbeat.interval.ms": 1_000,
+    # a rebalance moves only the partitions that change owner: the others keep being
+    # served, with their vehicles' history, while it runs (KIP-429)
+    "partition.assignment.strategy": "cooperative-sticky",
 }
 
 
