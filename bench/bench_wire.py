@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from schemas.prediction import (
     Prediction,
     PredictionEncoder,
+    ValueEncoder,
     check_prediction_headers,
     decode_prediction,
     prediction_headers,
@@ -60,39 +61,16 @@ def make(n: int) -> list[Prediction]:
 
 
 def encoder(fmt: str) -> Callable[[list[Prediction]], list[bytes]]:
-    if fmt == "binary":
-        b = PredictionEncoder()
-        mid, pts = b.middle("drivestream", "model", ""), b.points(len(H))
-        return lambda ps: [
-            b.encode(
-                p.vehicle_id,
-                p.seq,
-                p.t_event_ns,
-                7,
-                mid,
-                (
-                    p.t_produce_ns,
-                    p.t_consumed_ns,
-                    p.t_infer_start_ns,
-                    p.t_infer_end_ns,
-                    p.t_published_ns,
-                ),
-                pts,
-                H,
-                p.pred_x,
-                p.pred_y,
-            )
-            for p in ps
-        ]
-    j = JsonPredictionEncoder()
-    jmid = j.middle("drivestream", "model", "")
+    """Serve's path: one encoder per layout, the per-batch ``middle`` cached."""
+    enc: ValueEncoder = PredictionEncoder() if fmt == "binary" else JsonPredictionEncoder()
+    mid = enc.middle("drivestream", "model", "")
     return lambda ps: [
-        j.encode(
+        enc.encode(
             p.vehicle_id,
             p.seq,
             p.t_event_ns,
             7,
-            jmid,
+            mid,
             (
                 p.t_produce_ns,
                 p.t_consumed_ns,

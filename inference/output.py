@@ -63,10 +63,13 @@ class Output:
         self.committed: dict[TopicPartition, int] = {}
         self.halted = False
         """Set after a failed delivery or an unclean close: nothing is committed any more."""
-        self._encoder = prediction.PredictionEncoder()
-        self._json = JsonPredictionEncoder() if config.predictions_format == "json" else None
+        self._encoder: prediction.ValueEncoder = (
+            JsonPredictionEncoder()
+            if config.predictions_format == "json"
+            else prediction.PredictionEncoder()
+        )
         self._headers = prediction.prediction_headers(
-            "json" if self._json is not None else "binary"
+            "json" if config.predictions_format == "json" else "binary"
         )
 
     def open(self, settings: KafkaSettings) -> None:
@@ -103,13 +106,9 @@ class Output:
         n = len(items)
         if n == 0:
             return
-        if self._json is not None:
-            self._publish_json(items, xs, ys, answer)
-            return
         topic = self.config.predictions_topic
         enc = self._encoder
         horizons, source = answer.horizons, answer.source
-        points = enc.points(len(horizons))
         names = answer.names
         mids = {name: enc.middle(name, source, answer.reason) for name in set(names)}
         t0, t1, version = answer.t_infer_start_ns, answer.t_infer_end_ns, answer.model_version
@@ -125,38 +124,11 @@ class Output:
                 version,
                 mids[names[i]],
                 (it.t_produce_ns, it.t_consumed_ns, t0, t1, t_pub),
-                points,
                 horizons,
                 xs[i],
                 ys[i],
             )
             producer.send(topic, value, key=vid, headers=self._headers)
-            published[i] = t_pub
-        self._account(items, published, answer)
-
-    def _publish_json(
-        self,
-        items: Sequence[Pending],
-        xs: Sequence[Sequence[float]],
-        ys: Sequence[Sequence[float]],
-        answer: Answer,
-    ) -> None:
-        """:meth:`publish` in the ``prediction+json/1`` layout."""
-        producer, enc = self.producer, self._json
-        assert producer is not None and enc is not None
-        topic, horizons, names = self.config.predictions_topic, answer.horizons, answer.names
-        mids = {name: enc.middle(name, answer.source, answer.reason) for name in set(names)}
-        t0, t1, version = answer.t_infer_start_ns, answer.t_infer_end_ns, answer.model_version
-        published = [0] * len(items)
-        for i, it in enumerate(items):
-            f = it.frame
-            t_pub = now_ns()
-            stamps = (it.t_produce_ns, it.t_consumed_ns, t0, t1, t_pub)
-            value = enc.encode(
-                f.vehicle_id, f.seq, f.t_event_ns, version, mids[names[i]], stamps,
-                horizons, xs[i], ys[i],
-            )  # fmt: skip
-            producer.send(topic, value, key=f.vehicle_id, headers=self._headers)
             published[i] = t_pub
         self._account(items, published, answer)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 
@@ -138,12 +138,12 @@ class PredictionEncoder:
         model_version: int,
         middle: bytes,
         stamps: tuple[int, int, int, int, int],
-        points: struct.Struct,
         horizons: Sequence[float],
         xs: Sequence[float],
         ys: Sequence[float],
     ) -> bytes:
-        """One value; ``middle``/``points`` from :meth:`middle`/:meth:`points`."""
+        """One value; ``middle`` from :meth:`middle`."""
+        points = self.points(len(horizons))
         if not len(horizons) == len(xs) == len(ys):
             raise CodecError("horizons_s", "horizons, pred_x and pred_y differ in length")
         flat: list[float] = [len(horizons)]
@@ -160,22 +160,46 @@ class PredictionEncoder:
         )
 
 
-_ENCODER = PredictionEncoder()
+class ValueEncoder(Protocol):
+    """What serve publishes with: :class:`PredictionEncoder` or the JSON layout's encoder
+    (:mod:`schemas.prediction_json`); ``middle`` returns each one's own cached form."""
+
+    def middle(self, name: str, source: str, reason: str) -> Any: ...
+
+    def encode(
+        self,
+        vehicle_id: str,
+        seq: int,
+        t_event_ns: int,
+        model_version: int,
+        middle: Any,
+        stamps: tuple[int, int, int, int, int],
+        horizons: Sequence[float],
+        xs: Sequence[float],
+        ys: Sequence[float],
+    ) -> bytes: ...
 
 
-def encode_prediction(p: Prediction) -> bytes:
-    return _ENCODER.encode(
+def encode_with(enc: ValueEncoder, p: Prediction) -> bytes:
+    """``p`` as a value of ``enc``'s layout."""
+    return enc.encode(
         p.vehicle_id,
         p.seq,
         p.t_event_ns,
         p.model_version,
-        _ENCODER.middle(p.model_name, p.source, p.reason),
+        enc.middle(p.model_name, p.source, p.reason),
         (p.t_produce_ns, p.t_consumed_ns, p.t_infer_start_ns, p.t_infer_end_ns, p.t_published_ns),
-        _ENCODER.points(len(p.horizons_s)),
         p.horizons_s,
         p.pred_x,
         p.pred_y,
     )
+
+
+_ENCODER = PredictionEncoder()
+
+
+def encode_prediction(p: Prediction) -> bytes:
+    return encode_with(_ENCODER, p)
 
 
 def decode_prediction(value: bytes, fmt: Format = "binary") -> Prediction:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.errors import CodecError
-from schemas.prediction import SOURCES, Prediction
+from schemas.prediction import SOURCES, Prediction, encode_with
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Prediction))
 """Members of the object, in the order the encoder writes them."""
@@ -99,17 +99,7 @@ _ENCODER = JsonPredictionEncoder()
 
 
 def encode_prediction_json(p: Prediction) -> bytes:
-    return _ENCODER.encode(
-        p.vehicle_id,
-        p.seq,
-        p.t_event_ns,
-        p.model_version,
-        _ENCODER.middle(p.model_name, p.source, p.reason),
-        (p.t_produce_ns, p.t_consumed_ns, p.t_infer_start_ns, p.t_infer_end_ns, p.t_published_ns),
-        p.horizons_s,
-        p.pred_x,
-        p.pred_y,
-    )
+    return encode_with(_ENCODER, p)
 
 
 def decode_prediction_json(value: bytes) -> Prediction:

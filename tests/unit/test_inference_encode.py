@@ -22,7 +22,7 @@ def test_batch_encoder_round_trips_through_the_schemas_decoder() -> None:
         )  # fmt: skip
         got = enc.encode(
             p.vehicle_id, p.seq, p.t_event_ns, version, enc.middle(name, source, reason),
-            (1, 2, 3, 4, 5), enc.points(len(H)), H, p.pred_x, p.pred_y,
+            (1, 2, 3, 4, 5), H, p.pred_x, p.pred_y,
         )  # fmt: skip
         assert decode_prediction(got) == p
 
