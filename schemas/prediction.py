@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import pyarrow as pa
 
@@ -21,6 +21,9 @@ from schemas.headers import HeaderItems, Headers
 
 SCHEMA_NAME = "prediction"
 SCHEMA_VERSION = 1
+
+P = TypeVar("P", bytes, str)
+"""A layout's cached part: bytes (binary) or str (JSON)."""
 
 Source = Literal["model", "fallback"]
 SOURCES: tuple[Source, ...] = ("model", "fallback")
@@ -90,7 +93,41 @@ _K = struct.Struct("<B")
 _POINT = struct.Struct("<3d")
 
 
-class PredictionEncoder:
+class CachedParts(Generic[P]):
+    """The parts of a value that repeat across records, each made once by the layout
+    (:meth:`_vehicle_part`, :meth:`_middle_part`): vehicle ids, and the model name, source
+    and reason block that is constant across one batch."""
+
+    def __init__(self) -> None:
+        self._vid: dict[str, P] = {}
+        self._mid: dict[tuple[str, str, str], P] = {}
+
+    def _vehicle_part(self, vehicle_id: str) -> P:
+        raise NotImplementedError
+
+    def _middle_part(self, name: str, source: str, reason: str) -> P:
+        raise NotImplementedError
+
+    def vehicle(self, vehicle_id: str) -> P:
+        part = self._vid.get(vehicle_id)
+        if part is None:
+            if len(self._vid) > 1_000_000:  # vehicles come and go: keep the cache bounded
+                self._vid.clear()
+            part = self._vid[vehicle_id] = self._vehicle_part(vehicle_id)
+        return part
+
+    def middle(self, name: str, source: str, reason: str) -> P:
+        """Model name, source and reason: constant across one batch."""
+        key = (name, source, reason)
+        part = self._mid.get(key)
+        if part is None:
+            if source not in SOURCES:
+                raise CodecError("source", f"must be one of {SOURCES}, got {source!r}")
+            part = self._mid[key] = self._middle_part(name, source, reason)
+        return part
+
+
+class PredictionEncoder(CachedParts[bytes]):
     """The v1 value layout, written field by field from plain values.
 
     Serving encodes one record per frame; this caches what repeats (vehicle ids, the
@@ -98,28 +135,14 @@ class PredictionEncoder:
     """
 
     def __init__(self) -> None:
-        self._vid: dict[str, bytes] = {}
-        self._mid: dict[tuple[str, str, str], bytes] = {}
+        super().__init__()
         self._points: dict[int, struct.Struct] = {}
 
-    def vehicle(self, vehicle_id: str) -> bytes:
-        raw = self._vid.get(vehicle_id)
-        if raw is None:
-            if len(self._vid) > 1_000_000:  # vehicles come and go: keep the cache bounded
-                self._vid.clear()
-            raw = self._vid[vehicle_id] = pack_string(vehicle_id)
-        return raw
+    def _vehicle_part(self, vehicle_id: str) -> bytes:
+        return pack_string(vehicle_id)
 
-    def middle(self, name: str, source: str, reason: str) -> bytes:
-        """Model name, source index and reason: constant across one batch."""
-        key = (name, source, reason)
-        raw = self._mid.get(key)
-        if raw is None:
-            if source not in SOURCES:
-                raise CodecError("source", f"must be one of {SOURCES}, got {source!r}")
-            raw = pack_string(name) + bytes([SOURCES.index(source)]) + pack_string(reason)
-            self._mid[key] = raw
-        return raw
+    def _middle_part(self, name: str, source: str, reason: str) -> bytes:
+        return pack_string(name) + bytes([SOURCES.index(source)]) + pack_string(reason)
 
     def points(self, k: int) -> struct.Struct:
         """Struct of the K-byte count and K (horizon, x, y) triples."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.errors import CodecError
-from schemas.prediction import SOURCES, Prediction, encode_with
+from schemas.prediction import SOURCES, CachedParts, Prediction, encode_with
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Prediction))
 """Members of the object, in the order the encoder writes them."""
@@ -40,32 +40,15 @@ def _number(v: float) -> str:
     return float.__repr__(v) if math.isfinite(v) else "null"
 
 
-class JsonPredictionEncoder:
+class JsonPredictionEncoder(CachedParts[str]):
     """Writes the JSON layout from plain values; caches the strings that repeat per batch."""
 
-    def __init__(self) -> None:
-        self._vid: dict[str, str] = {}
-        self._mid: dict[tuple[str, str, str], str] = {}
+    def _vehicle_part(self, vehicle_id: str) -> str:
+        return _text(vehicle_id)
 
-    def vehicle(self, vehicle_id: str) -> str:
-        text = self._vid.get(vehicle_id)
-        if text is None:
-            if len(self._vid) > 1_000_000:  # vehicles come and go: keep the cache bounded
-                self._vid.clear()
-            text = self._vid[vehicle_id] = _text(vehicle_id)
-        return text
-
-    def middle(self, name: str, source: str, reason: str) -> str:
-        """The model_name, source and reason members: constant across one batch."""
-        key = (name, source, reason)
-        text = self._mid.get(key)
-        if text is None:
-            if source not in SOURCES:
-                raise CodecError("source", f"must be one of {SOURCES}, got {source!r}")
-            text = self._mid[key] = (
-                f'"model_name":{_text(name)},"source":"{source}","reason":{_text(reason)}'
-            )
-        return text
+    def _middle_part(self, name: str, source: str, reason: str) -> str:
+        """The model_name, source and reason members."""
+        return f'"model_name":{_text(name)},"source":"{source}","reason":{_text(reason)}'
 
     def encode(
         self,
