@@ -255,7 +255,7 @@ def build() -> dict[str, dict[str, Any]]:
     delta = wire.Delta(
         group="trainers", base_version=6, steps=20, samples=640, trained_until_ns=T0,
         trained_until_produce_ns=T0 + 1_000_000, sensor_offsets={0: 120, 1: 98},
-        metrics={"loss": 0.25},
+        metrics={"loss": 0.25}, anchor_id="5f0c2d9a41b7e3c8",
         tensors={"b": np.array([0.5, -0.25], np.float32),
                  "w": np.array([[1.0, 2.0], [3.0, -4.0]], np.float32)},
     )  # fmt: skip

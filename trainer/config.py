@@ -45,7 +45,7 @@ class TrainConfig:
     topic_prefix: str = setting("", "prefix of every topic name")
     group_id: str = setting("drivestream-trainer", "trainer group: commit id and PS tag")
     nproc: int = setting(1, "ranks (torchrun --nproc-per-node)")
-    max_restarts: int = setting(3, "torchrun elastic restarts")
+    max_restarts: int = setting(5, "restarts in a row of a failed group (from its checkpoint)")
     device: str = setting("auto", "auto | cpu | cuda")
     checkpoint_dir: str = setting("./checkpoints", "where the trainer checkpoint lives")
     duration_s: float = setting(0.0, "stop after this long (0 = forever)")

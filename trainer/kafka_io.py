@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from confluent_kafka import KafkaException
+
 from schemas.errors import DrivestreamError, ValidationError
 from schemas.kafka import Consumer, KafkaSettings, ProduceError, Producer
 from schemas.sensor import SensorFrame, check_frame_headers, decode_frames
@@ -12,12 +14,9 @@ from trainer import wire
 
 log = logging.getLogger(__name__)
 
-PUSH_TIMEOUT_S = 30.0
-"""Longest wait for the broker to acknowledge one delta push."""
-
 
 class PushError(DrivestreamError):
-    """A delta was not delivered to ps-updates; the group must restart from its checkpoint."""
+    """A delta was not acknowledged by ps-updates in time; the trainer retries it later."""
 
 
 def owned_partitions(partitions: set[int], rank: int, world: int) -> list[int]:
@@ -44,6 +43,7 @@ class KafkaFrameSource:
     ) -> None:
         self.topic = topic
         self.invalid = 0
+        self.failed_commits = 0
         self._consumer = Consumer(settings, group_id=group_id)
         self.partitions = owned_partitions(self._consumer.wait_partitions(topic), rank, world)
         self._pos: dict[int, int] = {}
@@ -74,8 +74,16 @@ class KafkaFrameSource:
         return dict(self._pos)
 
     def commit(self) -> None:
-        if self._pos:
+        """Commit the positions (a hint: the trainer checkpoint's offsets come first on a
+        restart); a broker that is away costs a warning, never the rank."""
+        if not self._pos:
+            return
+        try:
             self._consumer.commit({(self.topic, p): o for p, o in self._pos.items()})
+        except KafkaException as exc:
+            self.failed_commits += 1
+            if self.failed_commits == 1 or self.failed_commits % 100 == 0:
+                log.warning("offset commit failed (%d so far): %s", self.failed_commits, exc)
 
     def close(self) -> None:
         self._consumer.close()
@@ -99,8 +107,11 @@ class KafkaPSLink:
         self.pending_offset: int | None = None
         """ps-updates offset of the last push, until published weights have processed it."""
 
-    def push(self, delta: wire.Delta) -> None:
-        """Send ``delta`` and wait for its acknowledgement; raise :class:`PushError` if not."""
+    def push(self, delta: wire.Delta, timeout_s: float) -> None:
+        """Send ``delta`` and wait for its acknowledgement; raise :class:`PushError` if not.
+
+        A record not acknowledged in time stays queued and may still land: the trainer's
+        retry carries the same ``anchor_id``, so the server never merges it twice."""
         try:
             offset = self._producer.send_and_wait(
                 self.updates_topic,
@@ -108,12 +119,11 @@ class KafkaPSLink:
                 key=delta.group,
                 headers=wire.delta_headers(),
                 partition=0,
-                timeout_s=PUSH_TIMEOUT_S,
+                timeout_s=timeout_s,
             )
         except ProduceError as exc:
             raise PushError(
-                f"delta push to {self.updates_topic!r} not delivered ({exc}); "
-                "restarting from the last checkpoint: check the broker"
+                f"delta push to {self.updates_topic!r} not acknowledged ({exc}): is the broker up?"
             ) from exc
         self.pending_offset = offset
 

@@ -1,8 +1,10 @@
 """``drivestream train --nproc N``: a thin wrapper that starts N ranks under torchrun.
 
-torchrun gives each rank RANK/WORLD_SIZE/LOCAL_RANK, a rendezvous on a free port
-(--standalone) and elastic restarts (--max-restarts); ranks resume from the trainer
-checkpoint after a restart. SIGTERM/SIGINT are forwarded so every rank stops cleanly.
+torchrun gives each rank RANK/WORLD_SIZE/LOCAL_RANK and a rendezvous on a free port
+(--standalone). When a rank dies, torchrun stops the others and exits; the launcher then
+starts a fresh torchrun (a new rendezvous: torchrun's own in-place restarts could not
+rebuild the gloo mesh) and the ranks resume from the trainer checkpoint. SIGTERM/SIGINT
+are forwarded so every rank stops cleanly.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from trainer.config import TrainConfig
@@ -23,6 +26,10 @@ log = logging.getLogger("trainer.launch")
 
 _LAUNCHER_ONLY = ("nproc", "max_restarts")
 STOP_GRACE_S = 30.0
+RESTART_PAUSES_S = (1.0, 2.0, 4.0, 8.0)
+"""Pause before the n-th restart in a row (the last one repeats)."""
+HEALTHY_RUN_S = 60.0
+"""A group that ran this long before failing starts a fresh restart count."""
 
 
 def worker_argv(cfg: TrainConfig) -> list[str]:
@@ -44,7 +51,7 @@ def torchrun_command(cfg: TrainConfig) -> list[str]:
         "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={cfg.nproc}",
-        f"--max-restarts={cfg.max_restarts}",
+        "--max-restarts=0",  # restarts are ours: a fresh rendezvous each time
         "-m",
         "trainer.worker",
         *worker_argv(cfg),
@@ -72,43 +79,72 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def launch(cfg: TrainConfig, stop: threading.Event | None = None) -> int:
-    """Run torchrun in the foreground; return 0 after a requested stop.
+    """Run the group under torchrun in the foreground; restart it when it fails.
 
+    A group whose rank died (killed, out of memory, a peer it lost) is started again as a
+    fresh torchrun, up to ``max_restarts`` times in a row with a growing pause; a group that
+    ran ``HEALTHY_RUN_S`` before failing starts a new count. Ranks resume from the trainer
+    checkpoint. Returns 0 after a requested stop or the configured duration.
     ``stop`` is the startup signal handler's event: a stop asked before the ranks exist
     starts nothing, or is forwarded as soon as they do.
     """
-    if stop is not None and stop.is_set():
-        return 0
-    proc = subprocess.Popen(torchrun_command(cfg))
-    stopping = False
+    stop = stop or threading.Event()
+    current: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        _stop(proc)
+        stop.set()
+        for proc in current:
+            _stop(proc)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    if stop is not None and stop.is_set():  # arrived while torchrun was starting
-        forward(signal.SIGTERM, None)
+    failures = 0
     try:
-        while True:
-            try:
-                rc = proc.wait(timeout=STOP_GRACE_S if stopping else None)
-                break
-            except subprocess.TimeoutExpired:  # ranks did not stop in time: stop torchrun
-                log.warning(
-                    "ranks still running %.0f s after SIGTERM; stopping torchrun", STOP_GRACE_S
-                )
-                proc.send_signal(signal.SIGTERM)
-                rc = proc.wait(timeout=STOP_GRACE_S)
-                break
+        while not stop.is_set():
+            started = time.monotonic()
+            proc = subprocess.Popen(torchrun_command(cfg))
+            current[:] = [proc]
+            if stop.is_set():  # arrived while torchrun was starting
+                _stop(proc)
+            rc = _wait(proc, stop)
+            current.clear()
+            if rc == 0 or stop.is_set():
+                return 0
+            failures = 1 if time.monotonic() - started >= HEALTHY_RUN_S else failures + 1
+            if failures > cfg.max_restarts:
+                log.error("trainer group exited with %d; %d restarts failed", rc, failures - 1)
+                return rc
+            pause = RESTART_PAUSES_S[min(failures, len(RESTART_PAUSES_S)) - 1]
+            log.warning(
+                "trainer group exited with %d; restart %d/%d in %.0f s (ranks resume from "
+                "the checkpoint)",
+                rc,
+                failures,
+                cfg.max_restarts,
+                pause,
+            )
+            stop.wait(pause)
+        return 0
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _wait(proc: subprocess.Popen[bytes], stop: threading.Event) -> int:
+    """torchrun's exit code; after a stop request it gets ``STOP_GRACE_S``, then SIGTERM,
+    then SIGKILL."""
+    try:
+        while not stop.is_set():
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            return proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:  # ranks did not stop in time: stop torchrun
+            log.warning("ranks still running %.0f s after SIGTERM; stopping torchrun", STOP_GRACE_S)
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait(timeout=STOP_GRACE_S)
+    finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if rc != 0 and not stopping:
-        log.error("torchrun exited with %d", rc)
-        return rc
-    return 0

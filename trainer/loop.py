@@ -9,12 +9,19 @@ Every ``sync_every_steps`` rank 0 pushes the group's delta to the parameter serv
 (waiting for delivery), pulls the newest weights and broadcasts them; it also checkpoints.
 While the server has not yet processed the previous push, rank 0 holds the next one back
 and the delta keeps accumulating (one fresh delta instead of a stale backlog).
+
+A push the broker does not acknowledge (the broker is down) stops nothing: the group keeps
+training from its buffers, and rank 0 tries again with backoff, each time with the whole
+change since the same anchor, named by ``anchor_id``. An unacknowledged push may still land
+later; the server merges only what a delta adds to the last one it merged from that anchor,
+so nothing is applied twice.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +39,7 @@ from schemas.sensor import SensorFrame
 from trainer import metrics as m
 from trainer.checkpoint import read_if_exists, write_atomic
 from trainer.config import TrainConfig
+from trainer.kafka_io import PushError
 from trainer.model import (
     build_model,
     build_optimizer,
@@ -52,6 +60,12 @@ IDLE_VEHICLE_NS = 60 * 1_000_000_000
 """A vehicle silent this long (sensor clock) loses its window buffer."""
 FINAL_PUSH_WAIT_S = 10.0
 """How long the stop sync waits for the server to process the previous push."""
+PUSH_TIMEOUT_S = 10.0
+"""Longest wait for the broker to acknowledge a push (training waits meanwhile)."""
+RETRY_TIMEOUT_S = 2.0
+"""The same while earlier pushes failed: a broker that is down costs little training."""
+MAX_BACKOFF_S = 15.0
+"""Longest pause between push attempts while the broker does not acknowledge."""
 
 
 class FrameSource(Protocol):
@@ -84,8 +98,9 @@ class NullSource:
 class PSLink(Protocol):
     """Rank 0's channel to the parameter server."""
 
-    def push(self, delta: Delta) -> None:
-        """Deliver ``delta``; return only once it is durably on its way to the server."""
+    def push(self, delta: Delta, timeout_s: float) -> None:
+        """Deliver ``delta``; return only once it is durably on its way to the server, raise
+        :class:`~trainer.kafka_io.PushError` if it is not acknowledged in ``timeout_s``."""
         ...
 
     def ready(self) -> bool:
@@ -106,7 +121,37 @@ class Counters:
     pulls: int = 0
     held: int = 0
     """Syncs whose push was held back (the server had not processed the previous one)."""
+    failed_pushes: int = 0
+    """Pushes the broker did not acknowledge (retried with the whole delta)."""
     empty_steps: int = 0
+
+
+@dataclass
+class PushBackoff:
+    """When rank 0 tries again after pushes the broker did not acknowledge."""
+
+    failures: int = 0
+    """Consecutive unacknowledged pushes."""
+    retry_at: float = 0.0
+    """Monotonic time before which no push is tried."""
+
+    def due(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def timeout_s(self) -> float:
+        return RETRY_TIMEOUT_S if self.failures else PUSH_TIMEOUT_S
+
+    def failed(self, now: float) -> float:
+        """Count a failure; returns the pause before the next attempt."""
+        self.failures += 1
+        pause = min(MAX_BACKOFF_S, 2.0 ** (self.failures - 1))
+        self.retry_at = now + pause
+        return pause
+
+    def delivered(self) -> int:
+        """Reset; returns how many attempts had failed before this one."""
+        failed, self.failures, self.retry_at = self.failures, 0, 0.0
+        return failed
 
 
 class TrainLoop:
@@ -139,6 +184,8 @@ class TrainLoop:
         self.counters = Counters()
         self.base_version = 0
         self.anchor: Tensors = trainable_state(self.model)
+        self.anchor_id = secrets.token_hex(8)
+        self.backoff = PushBackoff()
         self.group_metrics: dict[str, float] = {}
         self._label_ns = 0
         self._label_produce_ns = 0
@@ -172,6 +219,7 @@ class TrainLoop:
             self.optim.load_state_dict(ckpt["optim"])
             self.base_version = int(ckpt["base_version"])
             self.anchor = {k: v.numpy() for k, v in ckpt["anchor"].items()}
+            self.anchor_id = str(ckpt.get("anchor_id") or self.anchor_id)
             self.counters.steps = int(ckpt["steps"])
             self.counters.samples = int(ckpt["samples"])
             self._unpushed_samples = int(ckpt.get("unpushed_samples", 0))
@@ -257,8 +305,8 @@ class TrainLoop:
         """Gather group stats, push the delta, pull newer weights, checkpoint, commit.
 
         ``final`` (the stop sync) waits up to ``FINAL_PUSH_WAIT_S`` for the server to process
-        the previous push so the last delta goes out; if it does not, it stays in the
-        checkpoint (model minus anchor) and is pushed after the restart.
+        the previous push so the last delta goes out; if it does not (or the broker does not
+        acknowledge it), it stays in the checkpoint (model minus anchor) and is pushed later.
         """
         stats = torch.tensor(
             [self._label_ns, self._label_produce_ns], dtype=torch.int64, device=self.device
@@ -280,42 +328,75 @@ class TrainLoop:
         self.counters.samples += int(samples.item())
         self._unpushed_samples += int(samples.item())
         pushed = False
-        if self.rank == 0 and self.link is not None and self._ready(final):
-            current = trainable_state(self.model)
-            # blocks until delivered; raises (no anchor move, checkpoint or commit) if not
-            self.link.push(
-                Delta(
-                    group=self.cfg.group_id,
-                    base_version=self.base_version,
-                    tensors={k: current[k] - self.anchor[k] for k in current},
-                    steps=self._unpushed_steps,
-                    samples=self._unpushed_samples,
-                    trained_until_ns=int(stats[0].item()),
-                    trained_until_produce_ns=int(stats[1].item()),
-                    sensor_offsets=merged,
-                    metrics=self.group_metrics,
-                )
-            )
-            self.counters.pushes += 1
-            self.anchor = current  # what was pushed must never be pushed again
-            self._unpushed_samples = self._unpushed_steps = 0
-            pushed = True
-        elif self.rank == 0 and self.link is not None:
-            self.counters.held += 1
+        if self.rank == 0 and self.link is not None and self._may_push(final):
+            pushed = self._push(self._delta(stats, merged))
+            if pushed:  # what was pushed must never be pushed again
+                self.anchor = trainable_state(self.model)
+                self._new_anchor()
+                self._unpushed_samples = self._unpushed_steps = 0
         # pulling while a push is held back would overwrite the unpushed training
         self._pull(offer=pushed)
         if self.rank == 0:
             self._checkpoint(merged)
         self.source.commit()
 
-    def _ready(self, final: bool) -> bool:
+    def _may_push(self, final: bool) -> bool:
+        """The server processed the previous push (the stop sync waits a little for it),
+        and no backoff after unacknowledged pushes is running."""
         assert self.link is not None
+        if not self.backoff.due(time.monotonic()):
+            self.counters.held += 1
+            return False
         deadline = time.monotonic() + (FINAL_PUSH_WAIT_S if final else 0.0)
         while not self.link.ready():
             if time.monotonic() >= deadline:
+                self.counters.held += 1
                 return False
             time.sleep(0.05)
         return True
+
+    def _delta(self, stats: torch.Tensor, offsets: dict[int, int]) -> Delta:
+        """Everything trained since the anchor, as one delta measured from it."""
+        current = trainable_state(self.model)
+        return Delta(
+            group=self.cfg.group_id,
+            base_version=self.base_version,
+            tensors={k: current[k] - self.anchor[k] for k in current},
+            steps=self._unpushed_steps,
+            samples=self._unpushed_samples,
+            trained_until_ns=int(stats[0].item()),
+            trained_until_produce_ns=int(stats[1].item()),
+            sensor_offsets=offsets,
+            metrics=self.group_metrics,
+            anchor_id=self.anchor_id,
+        )
+
+    def _push(self, delta: Delta) -> bool:
+        """Push ``delta``; False (and a backoff) when the broker did not acknowledge it."""
+        assert self.link is not None
+        try:
+            self.link.push(delta, timeout_s=self.backoff.timeout_s())
+        except PushError as exc:
+            self.counters.failed_pushes += 1
+            pause = self.backoff.failed(time.monotonic())
+            if self.backoff.failures == 1 or self.backoff.failures % 10 == 0:
+                log.warning(
+                    "%s; training goes on, the delta (%d steps) waits: attempt %d, next in %.0f s",
+                    exc,
+                    delta.steps,
+                    self.backoff.failures,
+                    pause,
+                )
+            return False
+        failed = self.backoff.delivered()
+        if failed:
+            log.info("push delivered after %d unacknowledged attempts", failed)
+        self.counters.pushes += 1
+        return True
+
+    def _new_anchor(self) -> None:
+        """The anchor moved: later deltas are measured from it, under a new name."""
+        self.anchor_id = secrets.token_hex(8)
 
     def _pull(self, offer: bool = True) -> None:
         """Rank 0 offers newer server weights (if ``offer``); every rank loads the same ones."""
@@ -329,6 +410,7 @@ class TrainLoop:
             version, tensors = payload[0]
             load_trainable(self.model, tensors)
             self.anchor = {k: np.array(v, dtype=np.float32) for k, v in tensors.items()}
+            self._new_anchor()
             self.base_version = int(version)
             self.counters.pulls += 1
 
@@ -340,6 +422,7 @@ class TrainLoop:
                 "optim": self.optim.state_dict(),
                 "base_version": self.base_version,
                 "anchor": {k: torch.from_numpy(v) for k, v in self.anchor.items()},
+                "anchor_id": self.anchor_id,
                 "steps": self.counters.steps,
                 "samples": self.counters.samples,
                 "unpushed_samples": self._unpushed_samples,

@@ -154,6 +154,13 @@ class ParameterServer:
             result = self.state.apply(delta, msg.offset)
             if not result.accepted:
                 log.info("rejected delta at %d from %s: %s", msg.offset, delta.group, result.reason)
+            elif result.repeat:
+                log.info(
+                    "delta at %d from %s repeats anchor %s (a retried push): merged its new part",
+                    msg.offset,
+                    delta.group,
+                    delta.anchor_id,
+                )
 
     def run(self, stop: threading.Event) -> None:
         updates = self.prefix + topics.PS_UPDATES

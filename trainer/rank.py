@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -20,9 +21,16 @@ from schemas.kafka import KafkaSettings
 from schemas.model_spec import DEFAULT_SPEC
 from trainer.config import TrainConfig
 from trainer.kafka_io import KafkaFrameSource, KafkaPSLink
-from trainer.loop import NullSource, TrainLoop
+from trainer.loop import FINAL_PUSH_WAIT_S, PUSH_TIMEOUT_S, NullSource, TrainLoop
+from trainer.signals import set_stop_grace
 
 log = logging.getLogger("trainer.worker")
+
+STOP_GRACE_S = FINAL_PUSH_WAIT_S + PUSH_TIMEOUT_S + 5.0
+"""A running rank's time to stop cleanly after SIGTERM (under torchrun's 30 s)."""
+GROUP_TIMEOUT = timedelta(seconds=STOP_GRACE_S + 15.0)
+"""How long a collective (or building the group) waits for a peer: longer than a peer's
+final sync, so only a dead or unreachable peer runs into it."""
 
 
 def _init_distributed(cfg: TrainConfig) -> torch.device:
@@ -37,10 +45,19 @@ def _init_distributed(cfg: TrainConfig) -> torch.device:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device, store=store, rank=rank, world_size=world)
+        dist.init_process_group(
+            "nccl",
+            device_id=device,
+            store=store,
+            rank=rank,
+            world_size=world,
+            timeout=GROUP_TIMEOUT,
+        )
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+        dist.init_process_group(
+            "gloo", store=store, rank=rank, world_size=world, timeout=GROUP_TIMEOUT
+        )
     return device
 
 
@@ -77,6 +94,7 @@ def run_worker(cfg: TrainConfig, stop: threading.Event) -> int:
             source.partitions,
             source.positions() or "committed/earliest",
         )
+        set_stop_grace(STOP_GRACE_S)  # the final sync may wait for the server and the broker
         loop.run(stop.is_set)
         if rank == 0:
             log.info("stopped: %s", loop.status_line())

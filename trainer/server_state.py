@@ -29,6 +29,22 @@ class MergeResult:
     staleness: int
     scale: float
     reason: str = ""
+    repeat: bool = False
+    """The delta repeated an anchor already applied from: only its new part was merged."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The last delta merged from a group: its anchor and the whole change it carried."""
+
+    anchor_id: str
+    tensors: wire.Tensors
+    steps: int
+    samples: int
+
+
+_APPLIED_PREFIX = "@"
+"""Checkpoint tensor names ``@<i>:<name>`` hold group i's last applied delta."""
 
 
 class ServerState:
@@ -51,6 +67,8 @@ class ServerState:
         self.metrics: dict[str, float] = {}
         self.exported_version = -1
         """Newest version exported as ONNX (the next export's parent); -1 before any."""
+        self.applied: dict[str, Applied] = {}
+        """Per trainer group, the last delta merged (what a retried push is measured from)."""
 
     def apply(self, delta: wire.Delta, offset: int) -> MergeResult:
         """Merge one delta read at ``offset`` of ps-updates."""
@@ -67,13 +85,21 @@ class ServerState:
         if not shapes_ok:
             self.rejected += 1
             return MergeResult(False, staleness, 0.0, "tensor names/shapes differ from the model")
+        prev = self.applied.get(delta.group)
+        repeat = bool(delta.anchor_id) and prev is not None and prev.anchor_id == delta.anchor_id
         factor = np.float32(scale * self.server_lr)
         for k, w in self.weights.items():
-            w += factor * delta.tensors[k]
+            change = delta.tensors[k] - prev.tensors[k] if repeat and prev else delta.tensors[k]
+            w += factor * change
         self.version += 1
         self.accepted += 1
-        self.steps += delta.steps
-        self.samples += delta.samples
+        self.steps += max(0, delta.steps - prev.steps) if repeat and prev else delta.steps
+        self.samples += max(0, delta.samples - prev.samples) if repeat and prev else delta.samples
+        if delta.anchor_id:
+            tensors = {k: np.array(v, dtype=np.float32) for k, v in delta.tensors.items()}
+            self.applied[delta.group] = Applied(
+                delta.anchor_id, tensors, delta.steps, delta.samples
+            )
         self.trained_until_ns = max(self.trained_until_ns, delta.trained_until_ns)
         self.trained_until_produce_ns = max(
             self.trained_until_produce_ns, delta.trained_until_produce_ns
@@ -83,7 +109,7 @@ class ServerState:
             offsets[p] = max(o, offsets.get(p, 0))
         if delta.metrics:
             self.metrics = dict(delta.metrics)
-        return MergeResult(True, staleness, float(scale))
+        return MergeResult(True, staleness, float(scale), repeat=repeat)
 
     def skip(self, offset: int) -> None:
         """Step over an unreadable ps-updates record (it was dead-lettered or logged)."""
@@ -108,6 +134,7 @@ class ServerState:
             "sensor_offsets": {g: dict(o) for g, o in self.sensor_offsets.items()},
             "metrics": dict(self.metrics),
             "weights": {k: v.copy() for k, v in self.weights.items()},
+            "applied": dict(self.applied),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -126,10 +153,16 @@ class ServerState:
                 "point --checkpoint-dir elsewhere to start fresh"
             )
         self.weights = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
+        self.applied = dict(state.get("applied", {}))  # older checkpoints: none
 
     def to_bytes(self) -> bytes:
         state = self.state_dict()
         tensors = state.pop("weights")
+        applied: dict[str, Applied] = state.pop("applied")
+        state["applied"] = []
+        for i, (group, a) in enumerate(sorted(applied.items())):
+            state["applied"].append([group, a.anchor_id, a.steps, a.samples])
+            tensors.update({f"{_APPLIED_PREFIX}{i}:{k}": v for k, v in a.tensors.items()})
         state["sensor_offsets"] = {
             g: {str(p): o for p, o in offs.items()} for g, offs in state["sensor_offsets"].items()
         }
@@ -139,9 +172,15 @@ class ServerState:
         try:
             meta, tensors = wire.unpack_tensors(data, "ps_checkpoint")
             meta.pop("names"), meta.pop("shapes")
-            self.load_state_dict({**meta, "weights": tensors})
+            weights = {k: v for k, v in tensors.items() if not k.startswith(_APPLIED_PREFIX)}
+            applied = {}
+            for i, (group, anchor_id, steps, samples) in enumerate(meta.pop("applied", [])):
+                tag = f"{_APPLIED_PREFIX}{i}:"
+                own = {k[len(tag) :]: v for k, v in tensors.items() if k.startswith(tag)}
+                applied[str(group)] = Applied(str(anchor_id), own, int(steps), int(samples))
+            self.load_state_dict({**meta, "weights": weights, "applied": applied})
         except (CodecError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"unreadable server checkpoint: {exc}") from exc
 
 
-__all__ = ["MergeResult", "ServerState", "staleness_scale"]
+__all__ = ["Applied", "MergeResult", "ServerState", "staleness_scale"]

@@ -37,6 +37,10 @@ class Delta:
     sensor_offsets: dict[int, int] = field(default_factory=dict)
     """Next sensors offset per partition the group has consumed (for the server checkpoint)."""
     metrics: dict[str, float] = field(default_factory=dict)
+    anchor_id: str = ""
+    """Names the trainer state the delta is measured from. A retried push (the first one
+    may still land late) carries the same id and the whole change since that anchor: the
+    server applies only what it has not applied from it yet. '' in older records."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +91,7 @@ def encode_delta(d: Delta) -> bytes:
         "trained_until_produce_ns": d.trained_until_produce_ns,
         "sensor_offsets": {str(p): o for p, o in d.sensor_offsets.items()},
         "metrics": d.metrics,
+        **({"anchor_id": d.anchor_id} if d.anchor_id else {}),
     }
     return pack_tensors(meta, d.tensors)
 
@@ -104,6 +109,7 @@ def decode_delta(value: bytes) -> Delta:
             trained_until_produce_ns=int(meta["trained_until_produce_ns"]),
             sensor_offsets={int(p): int(o) for p, o in meta["sensor_offsets"].items()},
             metrics={str(k): float(v) for k, v in meta["metrics"].items()},
+            anchor_id=str(meta.get("anchor_id", "")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CodecError("ps_delta", f"bad header: {exc}") from exc

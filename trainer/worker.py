@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.signals import die_with_launcher, install_stop_handler
+from trainer.signals import die_with_launcher, exit_when_stuck, install_stop_handler
 
 
 def main(argv: list[str] | None = None) -> int:
     stop = install_stop_handler()  # first: a SIGTERM during startup is a clean stop
     die_with_launcher()
+    exit_when_stuck(stop)
     from schemas.config import add_config_arguments, config_from_args
     from schemas.errors import DrivestreamError
     from trainer.cli import setup_logging

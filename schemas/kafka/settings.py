@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,35 @@ from schemas.config import env_name
 from schemas.errors import ClusterAuthError, ClusterUnreachableError, ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a message through once per ``every_s``; the next one says how many like it were
+    held back. "Like it" ignores numbers, so a broker that is down for minutes costs a line
+    per interval per kind of error, not one per reconnect attempt of every client."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.name}:{_DIGITS.sub('#', record.getMessage())}"
+        last, held = self._seen.get(key, (-float("inf"), 0))
+        if record.created - last < self.every_s:
+            self._seen[key] = (last, held + 1)
+            return False
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like it in {self.every_s:.0f} s)"
+            record.args = None
+        self._seen[key] = (record.created, 0)
+        return True
+
+
+_DIGITS = re.compile(r"\d+")
+_REPEATS = RepeatFilter()
+for _name in ("librdkafka", __name__):
+    logging.getLogger(_name).addFilter(_REPEATS)
 
 
 BOOTSTRAP_ENV = "DRIVESTREAM_BOOTSTRAP"
@@ -221,8 +251,13 @@ def librdkafka_config(
 
 
 def topic_partitions(client: Any, topic: str, timeout_s: float) -> set[int]:
-    """A topic's partitions from a producer's or consumer's metadata; empty if it is missing."""
-    meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    """A topic's partitions from a producer's or consumer's metadata; empty if it is missing
+    or the cluster does not answer now (the client's error callback has the reason)."""
+    try:
+        meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except confluent_kafka.KafkaException as exc:
+        log.debug("no metadata for %r: %s", topic, exc)
+        return set()
     if meta is None or meta.error is not None:
         return set()
     return set(meta.partitions)

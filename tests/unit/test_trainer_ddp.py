@@ -67,7 +67,7 @@ class FakeLink:
         self.pushes: list[Delta] = []
         self.offer: Weights | None = None
 
-    def push(self, delta: Delta) -> None:
+    def push(self, delta: Delta, timeout_s: float) -> None:
         self.pushes.append(delta)
         if self.offer is None:
             self.offer = Weights(

@@ -180,3 +180,43 @@ def test_published_weights_carry_the_processed_offset(tmp_path) -> None:
     ps.publish_weights(sent)
     w = wire.decode_weights(sent.records[-1][1])
     assert (w.version, w.updates_offset) == (0, 1)
+
+
+def test_a_retried_push_from_the_same_anchor_is_merged_once(tmp_path) -> None:
+    """The broker took a push it never acknowledged; the trainer sent the whole change since
+    the same anchor again: the server ends where one delivery of the later one would."""
+    s = ServerState(weights(), max_staleness=8)
+    first = delta(0, 1.0, anchor_id="a1", steps=3, samples=30)
+    retried = delta(0, 2.5, anchor_id="a1", steps=7, samples=70)  # includes ``first``
+    assert not s.apply(first, offset=0).repeat
+    result = s.apply(retried, offset=1)
+    assert result.accepted and result.repeat and result.staleness == 1
+    # 1.0, then half (staleness 1) of what the retry adds: 1.0 + 0.5 * 1.5
+    np.testing.assert_allclose(s.weights["a"], 1.75)
+    assert (s.steps, s.samples) == (7, 70), "steps and samples counted once"
+
+    # a new anchor (the trainer moved it after an acknowledged push) merges in full
+    s.apply(delta(2, 1.0, anchor_id="a2", steps=1, samples=5), offset=2)
+    np.testing.assert_allclose(s.weights["a"], 2.75)
+    # other groups keep their own anchors; '' (older trainers) never counts as a repeat
+    assert not s.apply(delta(3, 1.0, group="h", anchor_id="a2"), offset=3).repeat
+    assert not s.apply(delta(4, 1.0), offset=4).repeat
+    assert not s.apply(delta(5, 1.0), offset=5).repeat
+
+    # the last merged delta of each group survives a checkpoint round trip
+    restored = ServerState(weights(), max_staleness=8)
+    restored.load_bytes(s.to_bytes())
+    assert restored.applied.keys() == {"g", "h"}
+    assert restored.applied["g"].anchor_id == "a2" and restored.applied["g"].steps == 1
+    np.testing.assert_array_equal(restored.applied["h"].tensors["b"], 1.0)
+    r = restored.apply(delta(6, 3.0, anchor_id="a2", steps=2, samples=9), offset=6)
+    assert r.repeat
+    np.testing.assert_allclose(restored.weights["a"], s.weights["a"] + 2.0)
+
+
+def test_a_rejected_delta_is_not_what_a_retry_is_measured_from() -> None:
+    s = ServerState(weights(), max_staleness=0)
+    s.apply(delta(0, 1.0, anchor_id="x"), offset=0)  # v1
+    assert not s.apply(delta(0, 2.0, anchor_id="y"), offset=1).accepted  # too stale
+    assert not s.apply(delta(1, 2.0, anchor_id="y"), offset=2).repeat  # merged in full
+    np.testing.assert_allclose(s.weights["a"], 3.0)

@@ -1,5 +1,6 @@
-"""Rank 0's sync with the parameter server: delivery before anchor/checkpoint/commit, and
-holding a push back until the server has processed the previous one (world size 1, gloo)."""
+"""Rank 0's sync with the parameter server: the anchor moves only on delivery, a broker that
+does not acknowledge stops no training, and a push is held back until the server has
+processed the previous one (world size 1, gloo)."""
 
 from __future__ import annotations
 
@@ -43,12 +44,14 @@ class Link:
 
     def __init__(self) -> None:
         self.pushes: list[Delta] = []
+        self.lost: list[Delta] = []
         self.deliver = True
         self.processed = True
         self.offer: Weights | None = None
 
-    def push(self, delta: Delta) -> None:
+    def push(self, delta: Delta, timeout_s: float) -> None:
         if not self.deliver:
+            self.lost.append(delta)  # unacknowledged: it may still land later
             raise PushError("broker down")
         self.pushes.append(delta)
 
@@ -73,22 +76,36 @@ def train(loop: TrainLoop, steps: int) -> None:
         loop.step()
 
 
-def test_undelivered_push_moves_no_anchor_writes_no_checkpoint_commits_nothing(
+def test_an_unacknowledged_push_stops_nothing_and_is_retried_from_the_same_anchor(
     group, tmp_path
 ) -> None:
-    link, source = Link(), CommitCounter(fleet(4, 6.0))
+    link, source = Link(), CommitCounter(fleet(4, 10.0))
     loop = make_loop(tmp_path, link, source)
-    train(loop, 3)  # first sync delivered: checkpoint + commit
-    assert len(link.pushes) == 1 and source.commits == 1
-    ckpt = loop.ckpt_path.read_bytes()
+    train(loop, 3)  # first sync delivered
+    assert len(link.pushes) == 1
     anchor = {k: v.copy() for k, v in loop.anchor.items()}
-    link.deliver = False
-    with pytest.raises(PushError):
-        train(loop, 3)
-    assert source.commits == 1, "offsets committed past training the server never got"
-    assert loop.ckpt_path.read_bytes() == ckpt, "checkpoint claims an undelivered delta"
+    anchor_id = loop.anchor_id
+    link.deliver = False  # the broker is down
+    train(loop, 3)
+    assert len(link.lost) == 1 and loop.counters.failed_pushes == 1
+    assert loop.anchor_id == anchor_id, "nothing was acknowledged: the anchor stays"
     for k, v in anchor.items():
         np.testing.assert_array_equal(loop.anchor[k], v)
+    assert loop.backoff.failures == 1 and not loop.backoff.due(time.monotonic())
+    train(loop, 3)  # backing off: no attempt, training goes on
+    assert len(link.lost) == 1 and loop.counters.held >= 1
+    assert loop.counters.steps == 9
+
+    link.deliver = True  # back: the next due push carries everything since the anchor
+    loop.backoff.retry_at = 0.0
+    train(loop, 3)
+    assert len(link.pushes) == 2
+    retried = link.pushes[1]
+    assert retried.anchor_id == link.lost[0].anchor_id == anchor_id
+    assert retried.steps == 9 and retried.steps > link.lost[0].steps
+    for k, v in retried.tensors.items():
+        np.testing.assert_allclose(v, loop.anchor[k] - anchor[k], atol=1e-6)
+    assert loop.anchor_id != anchor_id and loop.backoff.failures == 0
 
 
 def test_push_is_held_back_until_the_server_processed_the_previous_one(group, tmp_path) -> None:
@@ -143,8 +160,8 @@ def _link(producer: _Producer, weights: list[Weights]) -> KafkaPSLink:
 
 def test_kafka_link_waits_for_delivery_and_for_the_server_to_catch_up() -> None:
     d = Delta(group="g", base_version=0, tensors={"a": np.zeros(2, np.float32)})
-    with pytest.raises(PushError, match=r"not delivered.*no ack"):
-        _link(_Producer(ProduceError("no ack")), []).push(d)
+    with pytest.raises(PushError, match=r"not acknowledged.*no ack"):
+        _link(_Producer(ProduceError("no ack")), []).push(d, timeout_s=1.0)
     w = {"a": np.zeros(2, np.float32)}
     link = _link(
         _Producer(),
@@ -155,7 +172,7 @@ def test_kafka_link_waits_for_delivery_and_for_the_server_to_catch_up() -> None:
         ],
     )
     assert link.ready()  # nothing pushed yet
-    link.push(d)  # acknowledged at offset 42
+    link.push(d, timeout_s=1.0)  # acknowledged at offset 42
     assert not link.ready(), "weights that processed only offsets < 42 do not include it"
     assert link.ready()
 
