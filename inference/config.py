@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from inference.validate import TrustPolicy
 
 DEVICES = ("auto", "cpu", "cuda")
+GUARANTEES = ("at-least-once", "exactly-once")
 _MAX_DEADLETTER_BYTES = 16 * 1024 * 1024
 
 
@@ -54,6 +55,15 @@ class ServeConfig:
         "prediction+json/1, for standard Kafka tooling; see docs/WIRE.md)",
     )
     commit_interval_ms: int = setting(1000, "how often to flush predictions and commit offsets")
+    guarantee: str = setting(
+        "at-least-once",
+        "at-least-once (lowest latency; a restart may answer a frame twice, same vehicle_id "
+        "and seq) or exactly-once (Kafka transactions: predictions and input offsets commit "
+        "together, read_committed consumers see each frame answered once)",
+    )
+    transaction_ms: int = setting(
+        25, "exactly-once: how often the open transaction commits (answers become visible then)"
+    )
     max_poll_records: int = setting(500, "records taken per consumer poll")
     accuracy_tolerance: float = setting(
         0.1, "reject a model > this fraction worse than the serving one (or physics)"
@@ -103,6 +113,11 @@ class ServeConfig:
             (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
             (0 <= self.metrics_port < 65536, f"metrics_port must be 0..65535: {self.metrics_port}"),
             (self.commit_interval_ms >= 1, "commit_interval_ms must be >= 1"),
+            (
+                self.guarantee in GUARANTEES,
+                f"guarantee must be one of {GUARANTEES}, got {self.guarantee!r}",
+            ),
+            (self.transaction_ms >= 1, "transaction_ms must be >= 1"),
             (self.session_timeout_ms >= 500, "session_timeout_ms must be >= 500"),
             (self.max_poll_records >= 1, "max_poll_records must be >= 1"),
             (self.accuracy_tolerance >= 0, "accuracy_tolerance must be >= 0"),
@@ -149,6 +164,15 @@ class ServeConfig:
     @property
     def sensors_topic(self) -> str:
         return self.topic_prefix + topics.SENSORS
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.guarantee == "exactly-once"
+
+    @property
+    def commit_every_s(self) -> float:
+        """How often the loop commits: each transaction in exactly-once mode."""
+        return (self.transaction_ms if self.exactly_once else self.commit_interval_ms) / 1000
 
     @property
     def predictions_topic(self) -> str:

@@ -1,15 +1,21 @@
 """The service's output side: publish predictions and dead letters, commit what they cover.
 
-Delivery is at-least-once: an input offset is committed only after the predictions of every
-frame below it were handed to the producer, the producer was flushed and it reported no failed
-delivery. After any failed delivery the output is halted and commits nothing more, so a
-restart resumes from the last good commit and answers those frames again.
+At-least-once (the default): an input offset is committed only after the predictions of
+every frame below it were handed to the producer, the producer was flushed and it reported
+no failed delivery. After any failed delivery the output is halted and commits nothing more,
+so a restart resumes from the last good commit and answers those frames again.
+
+Exactly-once (``--guarantee exactly-once``): the producer is transactional; predictions and
+dead letters since the last commit, and the input offsets they cover, commit in one Kafka
+transaction every ``transaction_ms``. A crash aborts the open transaction, so consumers that
+read committed (librdkafka's default) see every frame answered once.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +33,8 @@ from schemas.prediction_json import JsonPredictionEncoder
 
 log = logging.getLogger(__name__)
 
+TRANSACTION_TIMEOUT_MS = 10_000
+"""Exactly-once: the broker aborts a transaction left open this long (its producer died)."""
 _SAFE_NS = 2**62
 """Stamps are clamped to [0, 2**62] (year 2116) if one would overflow int64: differences of
 two such values always fit."""
@@ -74,7 +82,18 @@ class Output:
 
     def open(self, settings: KafkaSettings) -> None:
         # connect first: the first prediction is not held back
-        self.producer = Producer(settings, on_failure=self._refused).connect()
+        txn = (
+            {
+                "transactional_id": f"{self.config.group_id}-{uuid.uuid4().hex[:12]}",
+                # a crashed instance's open transaction holds read_committed consumers back
+                # until the broker aborts it: keep that short
+                "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+                "message_timeout_ms": TRANSACTION_TIMEOUT_MS,  # librdkafka: <= the above
+            }
+            if self.config.exactly_once
+            else {}
+        )
+        self.producer = Producer(settings, on_failure=self._refused, **txn).connect()
 
     def close(self) -> None:
         """Close the producer (it flushes); the consumer must be closed first (its revoke
@@ -238,12 +257,33 @@ class Output:
         offsets = self.due(waiting)
         if not offsets or self.halted:
             return
+        if self.config.exactly_once:
+            self.commit_offsets(consumer, offsets)
+            return
         self.flush_delivered()
         try:
             consumer.commit(offsets)
             self.committed.update(offsets)
         except Exception as exc:  # rebalance in progress: the revoke drain commits instead
             log.warning("offset commit failed (frames may be answered again): %s", exc)
+
+    def commit_offsets(self, consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` whose answers were flushed (at-least-once), or in the open
+        transaction with its answers (exactly-once: DeliveryError if it fails)."""
+        assert self.producer is not None
+        if not self.config.exactly_once:
+            consumer.commit(offsets)
+            self.committed.update(offsets)
+            return
+        try:
+            self.producer.commit_transaction(offsets, consumer.group_metadata())
+        except ProduceError as exc:
+            self.halted = True
+            raise DeliveryError(
+                f"transaction not committed ({exc}): it was aborted, so its answers are not "
+                "visible; a restart answers those frames again"
+            ) from exc
+        self.committed.update(offsets)
 
     def forget(self, keys: set[TopicPartition]) -> None:
         """Drop the offsets of partitions this instance no longer owns."""

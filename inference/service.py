@@ -42,6 +42,8 @@ from schemas.sensor import check_frame_headers, decode_frames
 log = logging.getLogger(__name__)
 
 MS = 1_000_000
+IDLE_POLL_MS = 100
+"""Longest poll while nothing waits in the batcher."""
 
 
 class InferenceService:
@@ -235,7 +237,9 @@ class InferenceService:
             else Verdict(predictor=MODEL, version=version)
         )
         wait = self.batcher.wait_ns(now_ns())
-        timeout_ms = 100 if wait is None else wait // MS
+        timeout_ms = IDLE_POLL_MS if wait is None else wait // MS
+        if self.config.exactly_once:  # answers become visible at the next commit: keep it
+            timeout_ms = min(timeout_ms, self.config.transaction_ms)
         msgs = self._consumer.poll(
             timeout_ms=int(timeout_ms), max_records=self.config.max_poll_records
         )
@@ -248,7 +252,7 @@ class InferenceService:
         while self.batcher.due(now_ns()):
             self._run_batch(self.batcher.take())
         now = time.monotonic()
-        if now - self._last_commit >= self.config.commit_interval_ms / 1000:
+        if now - self._last_commit >= self.config.commit_every_s:
             self._commit()
         if now - self._last_lag >= 1.0:
             self._update_lag()
@@ -370,7 +374,7 @@ class InferenceService:
     def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit offsets the revoke drain released (on this thread, inside poll/close)."""
         assert self._consumer is not None
-        self._consumer.commit(offsets)
+        self.output.commit_offsets(self._consumer, offsets)
 
     def _release(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Revoke, inside poll()/close(): answer the partitions' waiting frames by fallback,

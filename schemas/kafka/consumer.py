@@ -218,6 +218,10 @@ class Consumer:
             raise confluent_kafka.KafkaException(err)
         log.warning("consumer: %s", err)
 
+    def group_metadata(self) -> object:
+        """This member's group metadata, for a transaction that commits its offsets."""
+        return self.client.consumer_group_metadata()
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit explicit ``{(topic, partition): next_offset}`` and wait for the broker."""
         done = self.client.commit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -12,7 +13,7 @@ import confluent_kafka
 
 from schemas.errors import ConfigError, ProduceError
 from schemas.headers import Headers
-from schemas.kafka.records import Message, headers_of
+from schemas.kafka.records import Message, TopicPartition, headers_of
 from schemas.kafka.settings import (
     PRODUCER_DEFAULTS,
     ErrorLog,
@@ -95,6 +96,16 @@ class Producer:
         """
         if self._producer is not None:
             raise RuntimeError("connect() starts the client: call it before the first send")
+        if self.transactional:
+            try:
+                self.client.init_transactions(timeout_s)
+                self.client.begin_transaction()
+            except confluent_kafka.KafkaException as exc:
+                raise self._errors.failure(
+                    self._settings, f"no transactional producer id ({exc.args[0]})"
+                ) from exc
+            self._ready = True
+            return self
         if not self._ready:
             self._config = {
                 **self._config,
@@ -181,6 +192,30 @@ class Producer:
                 raise _produce_error(exc.args[0], topic) from exc
         if not self._in_callback:  # a poll nested in a callback's poll aborts confluent-kafka
             client.poll(0)
+
+    @property
+    def transactional(self) -> bool:
+        """Made with a ``transactional_id``: :meth:`connect` opens the first transaction."""
+        return "transactional.id" in self._config
+
+    def commit_transaction(
+        self, offsets: dict[TopicPartition, int], group_metadata: object, timeout_s: float = 30.0
+    ) -> None:
+        """Commit the open transaction together with the input ``offsets`` of the consumer
+        whose ``group_metadata`` is given, then open the next one. On failure the transaction
+        is aborted (what it held is never seen by read_committed consumers) and ProduceError
+        raised."""
+        client = self.client
+        tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            if tps:
+                client.send_offsets_to_transaction(tps, group_metadata, timeout_s)
+            client.commit_transaction(timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            with contextlib.suppress(confluent_kafka.KafkaException):
+                client.abort_transaction(timeout_s)
+            raise _produce_error(exc.args[0]) from exc
+        client.begin_transaction()
 
     def poll(self) -> None:
         """Serve what librdkafka reported (delivery failures, statistics) without waiting."""

@@ -1,9 +1,12 @@
-"""Faults (issue 12): one of two serve instances is killed with SIGKILL mid-stream.
+"""Faults (issue 12): a serve instance is killed with SIGKILL mid-stream.
 
-The survivor takes the dead instance's partitions once its session times out, and keeps
-its own partitions (and their vehicles' history) through that rebalance: a cooperative
-rebalance moves only what changes owner. Every frame is answered; the only duplicates are
-frames the dead instance answered after its last commit (at-least-once).
+One of two: the survivor takes the dead instance's partitions once its session times out,
+and keeps its own partitions (and their vehicles' history) through that rebalance: a
+cooperative rebalance moves only what changes owner. Every frame is answered; the only
+duplicates are frames the dead instance answered after its last commit (at-least-once).
+
+With ``--guarantee exactly-once`` the dead instance's open transaction is aborted and a
+consumer reading committed records sees every frame answered exactly once.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 SESSION_MS = 1500
 
 
-def serve_process(settings: KafkaSettings, topics: TopicNames, group: str) -> subprocess.Popen:
+def serve_process(
+    settings: KafkaSettings, topics: TopicNames, group: str, *extra: str
+) -> subprocess.Popen:
     """`python -m inference` as a user starts it, in the same group."""
     return subprocess.Popen(
         [
@@ -49,6 +54,7 @@ def serve_process(settings: KafkaSettings, topics: TopicNames, group: str) -> su
             "--no-gate",
             "--trusted-keys", TEST_PUBLIC,
             "--log-level", "WARNING",
+            *extra,
         ],
         cwd=REPO,
     )  # fmt: skip
@@ -100,3 +106,38 @@ def test_a_killed_instance_hands_its_partitions_over_and_the_survivor_keeps_its_
     # revokes all, and drops their vehicles' history): they stayed with it throughout
     assert revoked_at_kill >= 2 and revoked_by_the_end == revoked_at_kill
     assert own < assigned_by_the_end
+
+
+def test_exactly_once_a_killed_instance_leaves_no_frame_answered_twice(
+    kafka_settings: KafkaSettings,
+    topics: TopicNames,
+    collectors,  # noqa: F811
+) -> None:
+    publish_model(kafka_settings, topics.models, 1)
+    collector: Collector = collectors(kafka_settings, topics.predictions)  # read_committed
+    stream = Stream(kafka_settings, topics.sensors, range(16))
+    group = f"{topics.prefix}eos"
+    eos = ("--guarantee", "exactly-once")
+    a = serve_process(kafka_settings, topics, group, *eos)
+    b = None
+    try:
+        stream.start()
+        wait_for(lambda: len(collector.preds) >= 16 * 30, 120, "answers from the first instance")
+        a.kill()  # SIGKILL inside an open transaction: its answers since the last commit
+        a.wait()  # are aborted, and the next instance answers those frames again
+        killed_at = stream.sent
+        b = serve_process(kafka_settings, topics, group, *eos)
+        wait_for(lambda: stream.sent >= killed_at + 16 * 40, what="frames after the restart")
+        total = stream.stop()
+        collector.wait(total, timeout_s=120)
+        b.terminate()
+        assert b.wait(60) == 0
+    finally:
+        stream.stop()
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    counts = keys(collector.finish())
+    assert len(counts) == total, f"{total - len(counts)} frames never answered"
+    assert set(counts.values()) == {1}, "a frame answered twice under exactly-once"
