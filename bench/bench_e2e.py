@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import synthetic  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-from pipeline.broker import free_port  # noqa: E402
+from pipeline.processes import free_port  # noqa: E402
 from schemas.envelope import encode_envelope, envelope_headers  # noqa: E402
 from schemas.headers import T_PRODUCE_NS, now_ns, read_stamp  # noqa: E402
 from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics  # noqa: E402

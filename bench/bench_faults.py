@@ -8,12 +8,16 @@ A steady synthetic load (``--rate`` frames/s, vehicles at 10 Hz) goes to `sensor
 - ``broker``: kill -9 of the broker, started again ``--down-s`` later on its port and data;
 - ``rank``: kill -9 of one of two trainer ranks (with ``ps`` and ``train`` running).
 
+Then ``--guarantees``: serve at-least-once beside ``--guarantee exactly-once`` at
+``--guarantee-rate`` frames/s, rounds alternating on one broker (p50/p99 after a 3 s warm-up).
+
 Per fault: time from the fault to the first answer to a frame sent after it, p99 latency of
 the frames sent in the 10 s after it (for ``broker``: after it is back), frames unanswered,
 duplicates (at-least-once: answered but not committed before the fault), and for ``rank``
 the time until the parameter server accepts the group's next delta.
 
     python bench/bench_faults.py [--faults serve-restart,serve-peer,broker,rank] [--runs 3]
+                                 [--guarantees]
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 import bench_e2e  # noqa: E402  (bench/ is on sys.path when run as a script)
 import synthetic  # noqa: E402
 
-from pipeline.broker import BrokerConfig, LocalBroker, free_port  # noqa: E402
+from pipeline.broker import BrokerConfig, LocalBroker  # noqa: E402
+from pipeline.processes import free_port  # noqa: E402
 from schemas.headers import now_ns  # noqa: E402
 from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics  # noqa: E402
 from schemas.prediction import decode_prediction  # noqa: E402
@@ -233,6 +238,55 @@ def one_fault(fault: str, args: argparse.Namespace) -> dict:
             broker.stop()
 
 
+def guarantee_round(guarantee: str, args: argparse.Namespace, boot: str) -> dict:
+    settings = KafkaSettings(bootstrap=boot)
+    names = TopicNames(prefix=f"eos{uuid.uuid4().hex[:8]}-")
+    ensure_topics(settings, default_topics(4, names.prefix))
+    bench_e2e.publish_model(settings, names.models, bench_e2e.model_record(1))
+    os.environ["DRIVESTREAM_GUARANTEE"] = guarantee
+    try:
+        proc = serve(boot, names, args)
+    finally:
+        del os.environ["DRIVESTREAM_GUARANTEE"]
+    try:
+        load = Load(settings, names, args.guarantee_rate).start()
+        t0 = now_ns()
+        time.sleep(args.guarantee_s)
+        load.stop_sending()
+        load.drain(60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    lat = [r - s for _, _, s, r in load.answers if s >= t0 + 3 * 10**9]
+    seen = Counter((v, s) for v, s, _, _ in load.answers)
+    return {
+        "guarantee": guarantee,
+        "p50_ms": round(float(np.percentile(lat, 50)) / 1e6, 2),
+        "p99_ms": round(float(np.percentile(lat, 99)) / 1e6, 2),
+        "unanswered": len(set(load.sent) - set(seen)),
+        "duplicates": sum(seen.values()) - len(seen),
+    }
+
+
+def guarantees(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        broker = LocalBroker(BrokerConfig(data_dir=Path(d), port=free_port()))
+        broker.start()
+        try:
+            rows: dict[str, list[dict]] = {}
+            for _ in range(args.runs):
+                for g in ("at-least-once", "exactly-once"):
+                    row = guarantee_round(g, args, broker.bootstrap)
+                    rows.setdefault(g, []).append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            broker.stop()
+    for g, runs in rows.items():
+        p50 = statistics.median(r["p50_ms"] for r in runs)
+        p99 = statistics.median(r["p99_ms"] for r in runs)
+        print(f"{g} at {args.guarantee_rate}/s: median p50 {p50} ms, p99 {p99} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faults", default=",".join(FAULTS))
@@ -244,11 +298,16 @@ def main() -> None:
     parser.add_argument("--session-timeout-ms", type=int, default=1500)
     parser.add_argument("--budget-ms", type=float, default=50.0)
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--guarantees", action="store_true", help="also compare guarantees")
+    parser.add_argument("--guarantee-rate", type=int, default=1000)
+    parser.add_argument("--guarantee-s", type=float, default=20.0)
     args = parser.parse_args()
     args.device = "cpu"
+    if args.guarantees:
+        guarantees(args)
     rows: dict[str, list[dict]] = {}
     for _ in range(args.runs):
-        for fault in args.faults.split(","):
+        for fault in filter(None, args.faults.split(",")):
             row = one_fault(fault, args)
             rows.setdefault(fault, []).append(row)
             print(json.dumps(row), flush=True)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import bench_e2e  # noqa: E402  (bench/ is on sys.path when run as a script)
 import synthetic  # noqa: E402
 
-from pipeline.broker import free_port  # noqa: E402
+from pipeline.processes import free_port  # noqa: E402
 from schemas.kafka import KafkaSettings, Producer, ensure_topics  # noqa: E402
 from schemas.topics import TopicNames, default_topics  # noqa: E402
 from tests.hostile import JUNK_KINDS, Hostile  # noqa: E402

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.broker import BrokerConfig, LocalBroker, free_port, port_is_free
+from pipeline.broker import BrokerConfig, LocalBroker
+from pipeline.processes import free_port, port_is_free
 from pipeline.report_client import ReportClient, ReportConfig
 from pipeline.report_output import format_table
 from pipeline.supervisor import Supervisor, wait_until

@@ -22,6 +22,13 @@ from schemas.topics import TopicSpec
 CONNECT_TIMEOUT_S = 10.0
 """How long topic admin tries to reach the cluster before it says why it cannot."""
 
+REPLICAS = 3
+"""Copies of each topic on a cluster of at least this many brokers; one on a smaller one."""
+MIN_IN_SYNC = 2
+"""Of those copies, how many must hold a record before an acks=all producer hears it was
+written: a cluster of three loses no acknowledged record, and refuses no write, when one
+broker goes."""
+
 
 def ensure_topics(
     settings: KafkaSettings,
@@ -30,6 +37,11 @@ def ensure_topics(
     connect_timeout_s: float | None = None,
 ) -> list[str]:
     """Create missing topics with their configs; existing ones are left as they are.
+
+    On a cluster of REPLICAS (3) or more brokers each topic gets REPLICAS replicas and
+    ``min.insync.replicas`` MIN_IN_SYNC (unless its spec says otherwise); on a smaller one,
+    one replica. The brokers are counted from the cluster's metadata, which lists only those
+    up: topics created while one of three is down get one replica.
 
     Returns the names created. Idempotent: running it twice creates nothing the second time.
     A cluster that does not answer within ``connect_timeout_s`` (default CONNECT_TIMEOUT_S) is
@@ -43,9 +55,12 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics())
         todo = [s for s in specs if s.name not in existing]
+        replicas, configs = replication(len(admin.describe_cluster()["brokers"]) if todo else 1)
         created: list[str] = []
         for spec in todo:
-            topic = NewTopic(spec.name, spec.partitions, 1, topic_configs=dict(spec.configs))
+            topic = NewTopic(
+                spec.name, spec.partitions, replicas, topic_configs={**configs, **spec.configs}
+            )
             try:
                 admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
                 created.append(spec.name)
@@ -63,6 +78,13 @@ def ensure_topics(
         raise ConfigError(f"cannot create topics on {settings.bootstrap}: {exc}") from exc
     finally:
         admin.close()
+
+
+def replication(brokers: int) -> tuple[int, dict[str, str]]:
+    """Replication factor and topic configs for new topics on a cluster of ``brokers``."""
+    if brokers >= REPLICAS:
+        return REPLICAS, {"min.insync.replicas": str(MIN_IN_SYNC)}
+    return 1, {}
 
 
 def check_cluster(settings: KafkaSettings, timeout_s: float | None = None) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import BrokerConfig, BrokerError, LocalBroker, port_is_free
+from pipeline.broker import BrokerConfig, BrokerError, LocalBroker
+from pipeline.processes import port_is_free
 from schemas.errors import ConfigError
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,8 @@ import pytest
 
 from inference.service import InferenceService
 from ingest.simulator import SimConfig, simulate
-from pipeline.broker import BrokerConfig, LocalBroker, check_java, free_port
+from pipeline.broker import BrokerConfig, LocalBroker
+from pipeline.processes import check_java, free_port
 from schemas.errors import ConfigError
 from schemas.headers import now_ns
 from schemas.kafka import KafkaSettings, Producer, ensure_topics

@@ -15,7 +15,7 @@ import pytest
 
 from inference.config import ServeConfig
 from inference.service import InferenceService
-from pipeline.broker import free_port
+from pipeline.processes import free_port
 from schemas.deadletter import decode_dead_letter
 from schemas.envelope import encode_envelope, envelope_headers
 from schemas.headers import now_ns

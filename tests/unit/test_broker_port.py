@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from pipeline.broker import port_is_free
+from pipeline.processes import port_is_free
 
 
 def test_a_port_left_in_time_wait_by_a_killed_server_is_free_and_a_listener_is_not():

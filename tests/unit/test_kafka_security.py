@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from kafka.admin import KafkaAdminClient
 
-from pipeline.broker import free_port
 from pipeline.cli import main
+from pipeline.processes import free_port
 from schemas.errors import ClusterUnreachableError, ConfigError
 from schemas.kafka import Consumer, KafkaSettings, Producer, check_cluster, ensure_topics
 from schemas.kafka import admin as kafka_admin
