@@ -4,6 +4,7 @@ A steady synthetic load (``--rate`` frames/s, vehicles at 10 Hz) goes to `sensor
 ``python -m inference`` answers it (CV model, gate off); ``--fault-at`` seconds in, one fault:
 
 - ``serve-restart``: kill -9 of the only serve, started again ``--down-s`` later;
+- ``serve-restart-static``: the same with ``--instance-id`` (static membership);
 - ``serve-peer``: kill -9 of one of two serve instances in a group (``--session-timeout-ms``);
 - ``broker``: kill -9 of the broker, started again ``--down-s`` later on its port and data;
 - ``rank``: kill -9 of one of two trainer ranks (with ``ps`` and ``train`` running).
@@ -55,7 +56,7 @@ from schemas.sensor import encode_frames, frame_headers  # noqa: E402
 from schemas.topics import TopicNames, default_topics  # noqa: E402
 from trainer.launch import _children  # noqa: E402
 
-FAULTS = ("serve-restart", "serve-peer", "broker", "rank")
+FAULTS = ("serve-restart", "serve-restart-static", "serve-peer", "broker", "rank")
 
 
 class Load:
@@ -196,6 +197,8 @@ def one_fault(fault: str, args: argparse.Namespace) -> dict:
                 procs += trainer_procs(boot, names, tmp)
                 while updates_end(settings, names.ps_updates) < 1:
                     time.sleep(0.5)
+            if fault == "serve-restart-static":
+                os.environ["DRIVESTREAM_INSTANCE_ID"] = "bench-1"
             procs.append(serve(boot, names, args))
             if fault == "serve-peer":
                 procs.append(serve(boot, names, args))
@@ -203,10 +206,10 @@ def one_fault(fault: str, args: argparse.Namespace) -> dict:
             time.sleep(args.fault_at)
             fault_ns, extra = now_ns(), {}
             from_ns = fault_ns
-            if fault in ("serve-restart", "serve-peer"):
+            if fault.startswith("serve"):
                 procs[-1].kill()
                 procs[-1].wait()
-                if fault == "serve-restart":
+                if fault.startswith("serve-restart"):
                     time.sleep(args.down_s)
                     procs[-1] = serve(boot, names, args, wait=False)
             elif fault == "broker":
@@ -227,6 +230,7 @@ def one_fault(fault: str, args: argparse.Namespace) -> dict:
             load.drain(60)
             return {"fault": fault, **load.summary(fault_ns, from_ns), **extra}
         finally:
+            os.environ.pop("DRIVESTREAM_INSTANCE_ID", None)
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)

@@ -35,6 +35,12 @@ class ServeConfig:
         "others (the broker's group.min.session.timeout.ms bounds it: 6000 by default, 1000 "
         "on drivestream's local broker)",
     )
+    instance_id: str = setting(
+        "",
+        "a stable name for this instance ('' = none): static group membership (restarted "
+        "within the session timeout, it takes its partitions back without a rebalance) and, "
+        "with exactly-once, a transactional id that fences its previous run at once",
+    )
     model_name: str = setting("", "serve only this model name ('' = any)")
     max_batch: int = setting(64, "largest micro-batch across vehicles")
     max_wait_us: int = setting(500, "longest a frame waits for its batch to fill, microseconds")

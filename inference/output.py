@@ -84,7 +84,8 @@ class Output:
         # connect first: the first prediction is not held back
         txn = (
             {
-                "transactional_id": f"{self.config.group_id}-{uuid.uuid4().hex[:12]}",
+                "transactional_id": f"{self.config.group_id}-"
+                + (self.config.instance_id or uuid.uuid4().hex[:12]),
                 # a crashed instance's open transaction holds read_committed consumers back
                 # until the broker aborts it: keep that short
                 "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,

@@ -128,6 +128,7 @@ class InferenceService:
             c.group_id,
             session_timeout_ms=c.session_timeout_ms,
             heartbeat_interval_ms=max(100, c.session_timeout_ms // 5),
+            **({"group_instance_id": c.instance_id} if c.instance_id else {}),
         )
         self._consumer.on_rebalance(RebalanceDrain(self))
         self._consumer.wait_partitions(c.sensors_topic)  # first call joins: topic must exist

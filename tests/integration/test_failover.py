@@ -6,7 +6,8 @@ cooperative rebalance moves only what changes owner. Every frame is answered; th
 duplicates are frames the dead instance answered after its last commit (at-least-once).
 
 With ``--guarantee exactly-once`` the dead instance's open transaction is aborted and a
-consumer reading committed records sees every frame answered exactly once.
+consumer reading committed records sees every frame answered exactly once (restarted under
+the same ``--instance-id``: static membership, and a transactional id that fences it).
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def test_exactly_once_a_killed_instance_leaves_no_frame_answered_twice(
     collector: Collector = collectors(kafka_settings, topics.predictions)  # read_committed
     stream = Stream(kafka_settings, topics.sensors, range(16))
     group = f"{topics.prefix}eos"
-    eos = ("--guarantee", "exactly-once")
+    # the restart keeps the instance's name: it takes its partitions straight back (static
+    # membership) and its transactional id fences the killed run's open transaction
+    eos = ("--guarantee", "exactly-once", "--instance-id", "serve-1")
     a = serve_process(kafka_settings, topics, group, *eos)
     b = None
     try:
