@@ -120,14 +120,19 @@ def assert_every_frame_answered(
     return sum(answered.values()) - len(answered)
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path):
-    """A broker of this test's own (it gets killed), on a port that stays the same."""
+@pytest.fixture(params=[1, 3], ids=["one-broker", "three-brokers"])
+def own_broker(request, tmp_path: Path):
+    """A broker (or a 3-node cluster) of this test's own: node 1 gets killed."""
     try:
         check_java()
     except ConfigError as exc:
         pytest.skip(f"the broker-outage test runs its own local broker: {exc}")
-    broker = LocalBroker(BrokerConfig(data_dir=tmp_path / "broker", port=free_port(), heap_mb=384))
+    # one broker comes back on the port it was given; a cluster's nodes on their saved ones
+    port = free_port() if request.param == 1 else 0
+    config = BrokerConfig(
+        data_dir=tmp_path / "broker", port=port, heap_mb=384, brokers=request.param
+    )
+    broker = LocalBroker(config)
     broker.start()
     try:
         yield broker
@@ -136,6 +141,8 @@ def own_broker(tmp_path: Path):
 
 
 def test_every_service_rides_out_a_broker_outage(own_broker: LocalBroker, tmp_path: Path):
+    """One broker: the whole cluster is gone for a while. Three: one node is (topics have
+    three replicas and min.insync.replicas 2, so writes go on once it is fenced)."""
     boot = own_broker.bootstrap
     settings = KafkaSettings.from_env(bootstrap=boot)
     topics = TopicNames("outage-")
@@ -160,7 +167,7 @@ def test_every_service_rides_out_a_broker_outage(own_broker: LocalBroker, tmp_pa
 
         own_broker.kill_node(1)  # kill -9: no clean shutdown, no flush
         time.sleep(10)  # every client notices: sends queue, pushes fail, sessions expire
-        own_broker.start()  # same port, same data: starts at once
+        own_broker.start()  # the node again, on its ports and data
 
         sender.join(timeout=180)
         assert not sender.is_alive() and sent[-1] == 0, "every frame delivered"
