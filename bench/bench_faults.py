@@ -7,6 +7,8 @@ A steady synthetic load (``--rate`` frames/s, vehicles at 10 Hz) goes to `sensor
 - ``serve-restart-static``: the same with ``--instance-id`` (static membership);
 - ``serve-peer``: kill -9 of one of two serve instances in a group (``--session-timeout-ms``);
 - ``broker``: kill -9 of the broker, started again ``--down-s`` later on its port and data;
+- ``cluster-node``: kill -9 of node 1 of a 3-node cluster (topics: 3 replicas, min ISR 2),
+  started again ``--down-s`` later;
 - ``rank``: kill -9 of one of two trainer ranks (with ``ps`` and ``train`` running).
 
 Then ``--guarantees``: serve at-least-once beside ``--guarantee exactly-once`` at
@@ -59,7 +61,7 @@ from schemas.topics import TopicNames, default_topics  # noqa: E402
 from trainer.launch import _children  # noqa: E402
 
 WARMUP_NS = 3 * 10**9
-FAULTS = ("serve-restart", "serve-restart-static", "serve-peer", "broker", "rank")
+FAULTS = ("serve-restart", "serve-restart-static", "serve-peer", "broker", "cluster-node", "rank")
 
 
 class Load:
@@ -197,7 +199,15 @@ def updates_end(settings: KafkaSettings, topic: str) -> int:
 def one_fault(fault: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        broker = LocalBroker(BrokerConfig(data_dir=tmp / "broker", port=free_port()))
+        cluster = fault == "cluster-node"
+        broker = LocalBroker(
+            BrokerConfig(
+                data_dir=tmp / "broker",
+                port=0 if cluster else free_port(),
+                brokers=3 if cluster else 1,
+                heap_mb=384 if cluster else 512,
+            )
+        )
         broker.start()
         procs: list[subprocess.Popen] = []
         try:
@@ -225,6 +235,10 @@ def one_fault(fault: str, args: argparse.Namespace) -> dict:
                 if fault.startswith("serve-restart"):
                     time.sleep(args.down_s)
                     procs[-1] = serve(boot, names, args, wait=False)
+            elif fault == "cluster-node":  # one of three, back after --down-s
+                broker.kill_node(1)
+                time.sleep(args.down_s)
+                broker.start()
             elif fault == "broker":
                 broker.kill_node(1)
                 time.sleep(args.down_s)
