@@ -161,21 +161,26 @@ def scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
-def wait_health(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> dict:
+def wait_health(
+    port: int, proc: subprocess.Popen, timeout_s: float = 90, partitions: int = 4
+) -> dict:
+    """/healthz once serve runs model v1 on ``partitions`` partitions (at least one if 0)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"inference exited with {proc.returncode}")
         with contextlib.suppress(OSError):
             h = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2))
-            if h.get("model_version") == 1 and len(h.get("partitions", [])) == 4:
+            owned = len(h.get("partitions", []))
+            if h.get("model_version") == 1 and (owned == partitions or (owned and not partitions)):
                 return h
         time.sleep(0.2)
     raise SystemExit("inference did not become ready")
 
 
-def start_serve(bootstrap: str, prefix: str, port: int, args: argparse.Namespace):
-    """`python -m inference` on the model path (gate off), trusting the fixture key."""
+def start_serve(bootstrap: str, prefix: str, port: int, args: argparse.Namespace, *extra: str):
+    """`python -m inference` on the model path (gate off), trusting the fixture key;
+    ``extra``: more flags."""
     py = sys.executable
     cmd = [
         py,
@@ -200,6 +205,7 @@ def start_serve(bootstrap: str, prefix: str, port: int, args: argparse.Namespace
         "--no-gate",  # measure the model path: the bench's model is CV, which physics ties
         "--trusted-keys",
         TEST_PUBLIC,  # publish_model signs with the test fixture key
+        *extra,
     ]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 

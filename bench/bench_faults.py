@@ -28,7 +28,6 @@ the time until the parameter server accepts the group's next delta.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -150,25 +148,16 @@ class Load:
 
 
 def serve(
-    boot: str, names: TopicNames, args: argparse.Namespace, wait: bool = True
+    boot: str, names: TopicNames, args: argparse.Namespace, *extra: str, wait: bool = True
 ) -> subprocess.Popen:
     """`python -m inference` as bench_e2e starts it (CV model, gate off, CPU), with the
-    bench's session timeout; ``wait``: until it serves the model on some partitions."""
+    bench's session timeout and ``extra`` flags; ``wait``: until it serves the model on
+    some partitions."""
     port = free_port()
-    os.environ["DRIVESTREAM_SESSION_TIMEOUT_MS"] = str(args.session_timeout_ms)
-    proc = bench_e2e.start_serve(boot, names.prefix, port, args)
-    deadline = time.monotonic() + 90
-    while wait and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"inference exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            url = f"http://127.0.0.1:{port}/healthz"
-            h = json.load(urllib.request.urlopen(url, timeout=2))
-            if h.get("model_version") == 1 and h.get("partitions"):
-                return proc
-        time.sleep(0.2)
+    flags = ("--session-timeout-ms", str(args.session_timeout_ms), *extra)
+    proc = bench_e2e.start_serve(boot, names.prefix, port, args, *flags)
     if wait:
-        raise SystemExit("inference did not become ready")
+        bench_e2e.wait_health(port, proc, partitions=0)
     return proc
 
 
@@ -220,9 +209,8 @@ def one_fault(fault: str, args: argparse.Namespace) -> dict:
                 procs += trainer_procs(boot, names, tmp)
                 while updates_end(settings, names.ps_updates) < 1:
                     time.sleep(0.5)
-            if fault == "serve-restart-static":
-                os.environ["DRIVESTREAM_INSTANCE_ID"] = "bench-1"
-            procs.append(serve(boot, names, args))
+            named = ("--instance-id", "bench-1") if fault == "serve-restart-static" else ()
+            procs.append(serve(boot, names, args, *named))
             if fault == "serve-peer":
                 procs.append(serve(boot, names, args))
             load = Load(settings, names, args.rate).start()
@@ -234,7 +222,7 @@ def one_fault(fault: str, args: argparse.Namespace) -> dict:
                 procs[-1].wait()
                 if fault.startswith("serve-restart"):
                     time.sleep(args.down_s)
-                    procs[-1] = serve(boot, names, args, wait=False)
+                    procs[-1] = serve(boot, names, args, *named, wait=False)
             elif fault == "cluster-node":  # one of three, back after --down-s
                 broker.kill_node(1)
                 time.sleep(args.down_s)
@@ -257,7 +245,6 @@ def one_fault(fault: str, args: argparse.Namespace) -> dict:
             load.drain(60)
             return {"fault": fault, **load.summary(fault_ns, from_ns), **extra}
         finally:
-            os.environ.pop("DRIVESTREAM_INSTANCE_ID", None)
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -274,11 +261,7 @@ def guarantee_round(guarantee: str, args: argparse.Namespace, boot: str) -> dict
     names = TopicNames(prefix=f"eos{uuid.uuid4().hex[:8]}-")
     ensure_topics(settings, default_topics(4, names.prefix))
     bench_e2e.publish_model(settings, names.models, bench_e2e.model_record(1))
-    os.environ["DRIVESTREAM_GUARANTEE"] = guarantee
-    try:
-        proc = serve(boot, names, args)
-    finally:
-        del os.environ["DRIVESTREAM_GUARANTEE"]
+    proc = serve(boot, names, args, "--guarantee", guarantee)
     try:
         load = Load(settings, names, args.guarantee_rate).start()
         t0 = now_ns()

@@ -26,9 +26,9 @@ from trainer.signals import set_stop_grace
 
 log = logging.getLogger("trainer.worker")
 
-STOP_GRACE_S = FINAL_PUSH_WAIT_S + PUSH_TIMEOUT_S + 5.0
+RANK_STOP_GRACE_S = FINAL_PUSH_WAIT_S + PUSH_TIMEOUT_S + 5.0
 """A running rank's time to stop cleanly after SIGTERM (under torchrun's 30 s)."""
-GROUP_TIMEOUT = timedelta(seconds=STOP_GRACE_S + 15.0)
+GROUP_TIMEOUT = timedelta(seconds=RANK_STOP_GRACE_S + 15.0)
 """How long a collective (or building the group) waits for a peer: longer than a peer's
 final sync, so only a dead or unreachable peer runs into it."""
 
@@ -94,7 +94,7 @@ def run_worker(cfg: TrainConfig, stop: threading.Event) -> int:
             source.partitions,
             source.positions() or "committed/earliest",
         )
-        set_stop_grace(STOP_GRACE_S)  # the final sync may wait for the server and the broker
+        set_stop_grace(RANK_STOP_GRACE_S)  # the final sync may wait for the server and the broker
         loop.run(stop.is_set)
         if rank == 0:
             log.info("stopped: %s", loop.status_line())

@@ -85,16 +85,16 @@ class ServerState:
         if not shapes_ok:
             self.rejected += 1
             return MergeResult(False, staleness, 0.0, "tensor names/shapes differ from the model")
+        # a delta from the anchor last merged from: only what it adds to that one is new
         prev = self.applied.get(delta.group)
-        repeat = bool(delta.anchor_id) and prev is not None and prev.anchor_id == delta.anchor_id
+        base = prev if prev is not None and delta.anchor_id == prev.anchor_id else None
         factor = np.float32(scale * self.server_lr)
         for k, w in self.weights.items():
-            change = delta.tensors[k] - prev.tensors[k] if repeat and prev else delta.tensors[k]
-            w += factor * change
+            w += factor * (delta.tensors[k] - base.tensors[k] if base else delta.tensors[k])
         self.version += 1
         self.accepted += 1
-        self.steps += max(0, delta.steps - prev.steps) if repeat and prev else delta.steps
-        self.samples += max(0, delta.samples - prev.samples) if repeat and prev else delta.samples
+        self.steps += max(0, delta.steps - base.steps) if base else delta.steps
+        self.samples += max(0, delta.samples - base.samples) if base else delta.samples
         if delta.anchor_id:
             tensors = {k: np.array(v, dtype=np.float32) for k, v in delta.tensors.items()}
             self.applied[delta.group] = Applied(
@@ -109,7 +109,7 @@ class ServerState:
             offsets[p] = max(o, offsets.get(p, 0))
         if delta.metrics:
             self.metrics = dict(delta.metrics)
-        return MergeResult(True, staleness, float(scale), repeat=repeat)
+        return MergeResult(True, staleness, float(scale), repeat=base is not None)
 
     def skip(self, offset: int) -> None:
         """Step over an unreadable ps-updates record (it was dead-lettered or logged)."""

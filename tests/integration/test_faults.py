@@ -24,16 +24,21 @@ from ingest.simulator import SimConfig, simulate
 from pipeline.broker import BrokerConfig, LocalBroker
 from pipeline.processes import check_java, free_port
 from schemas.errors import ConfigError
-from schemas.headers import now_ns
-from schemas.kafka import KafkaSettings, Producer, ensure_topics
+from schemas.kafka import KafkaSettings, ensure_topics
 from schemas.model_spec import DEFAULT_SPEC
 from schemas.prediction import decode_prediction
-from schemas.sensor import SensorFrame, encode_frames, frame_headers, table_to_frames
+from schemas.sensor import SensorFrame, table_to_frames
 from schemas.topics import TopicNames, default_topics
 from tests.e2e.test_up import processes_mentioning
 from tests.integration.test_hostile_suite import read_topic
 from tests.integration.test_serving import config, keys, serving
-from tests.integration.test_training import end_offset, read_all, start, wait_for
+from tests.integration.test_training import (
+    end_offset,
+    read_all,
+    send_in_sensor_time,
+    start,
+    wait_for,
+)
 from trainer import wire
 from trainer.checkpoint import read_if_exists
 from trainer.config import PSConfig
@@ -56,16 +61,7 @@ def stream(settings: KafkaSettings, topic: str, frames: list[SensorFrame], sent:
     """Send ``frames`` in sensor time x SPEEDUP; the producer holds them while the broker is
     away (librdkafka retries within message.timeout.ms). ``sent`` ends with the count of
     failed deliveries (an int)."""
-    t0_event, t0_wall = frames[0].t_event_ns, time.monotonic()
-    with Producer(settings) as p:
-        for f in frames:
-            due = (f.t_event_ns - t0_event) / 1e9 / SPEEDUP - (time.monotonic() - t0_wall)
-            if due > 0:
-                time.sleep(due)
-            p.send(topic, encode_frames([f]), f.vehicle_id, frame_headers(now_ns()))
-            sent.append(f)
-        p.flush(60.0)
-    sent.append(p.failures)
+    sent.append(send_in_sensor_time(settings, topic, frames, SPEEDUP, sent))
 
 
 def services(boot: str, topics: TopicNames, tmp_path: Path, nproc: int) -> list:

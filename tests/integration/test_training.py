@@ -26,7 +26,7 @@ from schemas.envelope import decode_envelope
 from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Producer
 from schemas.model_spec import DEFAULT_SPEC
-from schemas.sensor import encode_frames, frame_headers, table_to_frames
+from schemas.sensor import SensorFrame, encode_frames, frame_headers, table_to_frames
 from schemas.signing import TrustedKeys, read_public_keys
 from trainer import wire
 from trainer.checkpoint import read_if_exists
@@ -80,18 +80,33 @@ def wait_for(what: str, cond, timeout_s: float, procs: list[subprocess.Popen], l
     pytest.fail(f"timed out waiting for {what}; logs in {logs}")
 
 
-def replay_fleet(settings: KafkaSettings, topic: str, done: threading.Event) -> None:
-    table, _truth = simulate(SimConfig(vehicles=24, duration_s=100.0, seed=7))
-    frames = table_to_frames(table)
+def send_in_sensor_time(
+    settings: KafkaSettings,
+    topic: str,
+    frames: list[SensorFrame],
+    speedup: float,
+    sent: list | None = None,
+) -> int:
+    """Send ``frames`` one per record at their sensor times / ``speedup`` (appending each
+    to ``sent``); returns how many deliveries failed."""
     t0_event, t0_wall = frames[0].t_event_ns, time.monotonic()
     with Producer(settings) as producer:
         for f in frames:
-            due = (f.t_event_ns - t0_event) / 1e9 / SPEEDUP - (time.monotonic() - t0_wall)
+            due = (f.t_event_ns - t0_event) / 1e9 / speedup - (time.monotonic() - t0_wall)
             if due > 0:
                 time.sleep(due)
             producer.send(
                 topic, encode_frames([f]), key=f.vehicle_id, headers=frame_headers(now_ns())
             )
+            if sent is not None:
+                sent.append(f)
+        producer.flush(60.0)
+        return producer.failures
+
+
+def replay_fleet(settings: KafkaSettings, topic: str, done: threading.Event) -> None:
+    table, _truth = simulate(SimConfig(vehicles=24, duration_s=100.0, seed=7))
+    send_in_sensor_time(settings, topic, table_to_frames(table), SPEEDUP)
     done.set()
 
 
