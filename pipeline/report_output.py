@@ -80,6 +80,17 @@ def _plot(report: dict[str, Any], received: list[Received], out: Path) -> None:
         plt.close(fig)
 
 
+def _budget_split(lat: dict[str, Any]) -> str:
+    """The misses of the warm-up and of the steady state, with the steady p99."""
+    steady = lat.get("steady_end_to_end_ms")
+    if "warmup_s" not in lat:
+        return ""
+    split = f" (first {lat['warmup_s']:g} s: {lat['warmup_misses']:,d} of {lat['warmup_count']:,d}"
+    if steady is None:
+        return split + ")"
+    return split + f"; after: {100 * lat['steady_miss_rate']:.2f} %, p99 {steady['p99']:.2f} ms)"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A readable terminal summary of a report dict."""
     lines = []
@@ -100,6 +111,7 @@ def format_table(report: dict[str, Any]) -> str:
             )
         lines.append(
             f"budget {lat['budget_ms']:g} ms: missed by {100 * lat['budget_miss_rate']:.2f} %"
+            + _budget_split(lat)
         )
     else:
         lines.append("no predictions received")

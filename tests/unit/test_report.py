@@ -165,3 +165,23 @@ def test_table_shows_the_figures():
     }
     table = format_table(report)
     assert "60.00" in table and "110.00" in table and "missed by 60.00 %" in table
+
+
+def test_warmup_misses_are_counted_apart_from_the_steady_state():
+    # frames at 0..99 s; the first 10 s are slow (200 ms), the rest take 20 ms but 5 miss
+    received = [prediction(i, e2e_ms=200 if i < 10 else 20) for i in range(100)]
+    received += [prediction(100 + i, e2e_ms=80) for i in range(5)]
+    summary = latency_summary(received, budget_ms=50, warmup_s=10)
+    assert (summary["warmup_count"], summary["warmup_misses"]) == (10, 10)
+    assert summary["budget_miss_rate"] == pytest.approx(15 / 105)
+    assert summary["steady_miss_rate"] == pytest.approx(5 / 95)
+    assert summary["steady_end_to_end_ms"]["p50"] == 20.0
+    table = format_table(
+        {
+            "latency": summary,
+            "models": version_summary(received),
+            "accuracy": {"scored": 0},
+            "truth_source": "x",
+        }
+    )
+    assert "(first 10 s: 10 of 10; after: 5.26 %, p99 80.00 ms)" in table
