@@ -122,6 +122,7 @@ def load(
         "answered": len(got),
         "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+        "max_ms": round(float(lat.max()), 2) if len(lat) else None,
         "fallback_share": round(sum(reasons.values()) / max(1, len(steady)), 4),
         "fallback_reasons": reasons,
     }

@@ -1,0 +1,484 @@
+"""Side by side on one broker: the two-hop floor, `drivestream serve` and a quixstreams peer.
+
+Three systems answer the same frames, each in its own process, measured by the same load
+generator and measuring client (``bench_e2e.load``: open-loop frames of ``rate / 10``
+vehicles at 10 Hz, latency = prediction received - the frame's ``t_produce_ns``):
+
+- ``floor``: ``bench_e2e.echo_worker``, consume -> produce with no work (two Kafka hops);
+- ``serve``: ``python -m inference`` (`drivestream serve`) on the model path (gate off),
+  as ``bench_e2e.start_serve`` runs it, CPU by default;
+- ``peer``: the same job written with quixstreams (``bench/peer/quix_serve.py``, in its own
+  virtualenv under ``~/.cache/drivestream``, built on first use), on the same ONNX model.
+
+Per system and rate: p50/p99/max, the median and worst p99 of each second, fallback share,
+unanswered frames, and CPU seconds per 10k frames of the system's processes (utime+stime
+from /proc over the measured window; the broker's beside it when this bench started it).
+Rounds are interleaved (each run does every rate and system, the system order rotating),
+so drift hits all alike. The backlog test pre-fills ``--backlog`` frames while the started,
+ready system is paused (SIGSTOP: joined, model loaded, nothing to do), resumes it and
+measures frames/s and CPU until every frame is answered; serve runs it with a budget that
+makes no frame late (``--backlog-budget-ms``), so it does the model's work like the others.
+
+    python bench/bench_peer.py [--systems floor,serve,peer] [--rates 1000,5000,10000]
+        [--duration 30] [--runs 3] [--backlog 30000] [--bootstrap HOST:PORT] [--json PATH]
+
+Without --bootstrap a fresh local broker (pipeline.broker) is started for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import bench_e2e as e2e  # bench/ is on sys.path when run as a script; it adds the repo root
+from bench_serve_throughput import fill
+
+from pipeline.processes import free_port
+from schemas.envelope import decode_envelope, encode_envelope
+from schemas.headers import now_ns
+from schemas.kafka import Consumer, KafkaSettings, ensure_topics
+from schemas.prediction import decode_prediction
+from schemas.topics import TopicNames, TopicSpec, default_topics
+
+ROOT = e2e.ROOT
+PEER_APP = ROOT / "bench" / "peer" / "quix_serve.py"
+PEER_REQUIREMENTS = (
+    "quixstreams==3.28.1",
+    "onnxruntime==1.31.1",  # the CPU build of the version serve runs (onnxruntime-gpu)
+    "numpy==2.4.6",
+    "pyarrow==26.0.1",  # schemas.sensor and schemas.prediction import it
+)
+SYSTEMS = ("floor", "serve", "peer")
+PARTITIONS = 4
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --- processes ---------------------------------------------------------------------------
+def peer_python() -> Path:
+    """The peer's interpreter: a venv named by a hash of the pinned requirements, built once."""
+    spec = "\n".join(PEER_REQUIREMENTS)
+    tag = hashlib.sha256(spec.encode()).hexdigest()[:10]
+    venv = Path.home() / ".cache" / "drivestream" / f"peer-venv-{tag}"
+    python, done = venv / "bin" / "python", venv / ".complete"
+    if done.exists():
+        return python
+    shutil.rmtree(venv, ignore_errors=True)  # a half-built one
+    print(f"building {venv}: {', '.join(PEER_REQUIREMENTS)} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, *PEER_REQUIREMENTS], check=True)
+    done.write_text(spec + "\n")
+    return python
+
+
+def _stat(pid: int | str) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of ``pid`` and its live descendants, plus the children they reaped."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parent[int(d.name)] = int(_stat(d.name)[1])
+    tree, todo = {pid}, [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        todo += kids
+    ticks = 0
+    for p in tree:
+        with contextlib.suppress(OSError, IndexError):
+            f = _stat(p)
+            ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return ticks / _TICK
+
+
+class Procs:
+    """Every process this bench starts; ``close`` stops those still running."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen] = []
+
+    def add(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout_s: float = 20) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # a paused one handles SIGTERM only then
+                proc.terminate()
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc in self._procs:
+            self._procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in reversed(self._procs[:]):
+            self.stop(proc)
+
+
+def wait_group(bootstrap: str, group: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    """Until ``group`` is stable with every partition of the input assigned."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the peer exited with {proc.returncode}")
+        with contextlib.suppress(Exception):  # the group does not exist yet
+            desc = admin.describe_consumer_groups([group])[group].result(timeout=5)
+            owned = sum(len(m.assignment.topic_partitions) for m in desc.members)
+            if desc.state == ConsumerGroupState.STABLE and owned >= PARTITIONS:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"the peer's group {group} did not get its partitions")
+
+
+# --- one system on fresh topics -----------------------------------------------------------
+@dataclass
+class Bench:
+    """What every measurement shares."""
+
+    args: argparse.Namespace
+    bootstrap: str
+    procs: Procs
+    model_record: bytes
+    """The `models` record serve gets (signed with the test key)."""
+    model_path: Path
+    """The same model's ONNX bytes, for the peer."""
+    peer_python: Path | None
+    broker_pid: int | None
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap=self.bootstrap)
+
+    def broker_cpu(self) -> float | None:
+        return cpu_seconds(self.broker_pid) if self.broker_pid else None
+
+
+@dataclass(frozen=True)
+class Topics:
+    names: TopicNames
+    src: str
+    dst: str
+
+
+def fresh_topics(b: Bench, system: str) -> Topics:
+    names = TopicNames(prefix=f"peer{uuid.uuid4().hex[:8]}-")
+    specs = default_topics(PARTITIONS, names.prefix)
+    if system == "floor":  # bench_e2e.load decodes only topics named *predictions
+        dst = names.prefix + "echo-out"
+        specs.append(TopicSpec(name=dst, partitions=PARTITIONS))
+    else:
+        dst = names.predictions
+    ensure_topics(b.settings, specs)
+    return Topics(names, names.sensors, dst)
+
+
+@contextlib.contextmanager
+def running(b: Bench, system: str, t: Topics, budget_ms: float) -> Iterator[subprocess.Popen]:
+    """``system`` started on ``t`` and ready (joined, model loaded); stopped on exit."""
+    if system == "floor":
+        cmd = [sys.executable, e2e.__file__, "--echo-worker", "--bootstrap", b.bootstrap]
+        proc = b.procs.add(
+            subprocess.Popen(
+                [*cmd, "--src", t.src, "--dst", t.dst], stdout=subprocess.PIPE, text=True
+            )
+        )
+    elif system == "serve":
+        e2e.publish_model(b.settings, t.names.models, b.model_record)
+        port = free_port()
+        flags = argparse.Namespace(
+            budget_ms=budget_ms, max_batch=b.args.max_batch, device=b.args.device
+        )
+        proc = b.procs.add(e2e.start_serve(b.bootstrap, t.names.prefix, port, flags))
+    else:
+        assert b.peer_python is not None
+        group = t.names.prefix + "quix"
+        cmd = [str(b.peer_python), str(PEER_APP), "--bootstrap", b.bootstrap, "--group", group]
+        cmd += ["--sensors", t.src, "--predictions", t.dst, "--model", str(b.model_path)]
+        cmd += ["--linger-ms", str(b.args.peer_linger_ms)]
+        proc = b.procs.add(subprocess.Popen(cmd, cwd=ROOT))
+    try:
+        if system == "floor":
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"the echo worker exited with {proc.wait()}")
+        elif system == "serve":
+            e2e.wait_health(port, proc, partitions=PARTITIONS)
+        else:
+            wait_group(b.bootstrap, group, proc)
+        yield proc
+    finally:
+        b.procs.stop(proc)
+
+
+def per_10k(seconds: float | None, frames: int) -> float | None:
+    return None if seconds is None or not frames else round(seconds / frames * 1e4, 3)
+
+
+def measure_rate(b: Bench, system: str, rate: int, duration: float | None = None) -> dict:
+    """One system at ``rate`` frames/s for ``duration`` (``--duration``) s: latency,
+    answers, CPU."""
+    t = fresh_topics(b, system)
+    with running(b, system, t, b.args.budget_ms) as proc:
+        cpu0, broker0 = cpu_seconds(proc.pid), b.broker_cpu()
+        res = e2e.load(b.settings, t.src, t.dst, rate, duration or b.args.duration)
+        cpu1, broker1 = cpu_seconds(proc.pid), b.broker_cpu()
+        exit_code = proc.poll()
+    seconds = res.pop("p99_by_second_ms")[1:]  # second 0 holds the warm-up and the joins
+    return {
+        "system": system,
+        "rate": rate,
+        **res,
+        "unanswered": res["sent"] - res["answered"],
+        "p99_by_second_median_ms": statistics.median(seconds) if seconds else None,
+        "p99_by_second_worst_ms": max(seconds) if seconds else None,
+        "p99_by_second_ms": seconds,
+        "cpu_s_per_10k": per_10k(cpu1 - cpu0, res["sent"]),
+        "broker_cpu_s_per_10k": per_10k(
+            None if broker0 is None or broker1 is None else broker1 - broker0, res["sent"]
+        ),
+        "exit_code": exit_code,  # None: it ran to the end
+    }
+
+
+def measure_backlog(b: Bench, system: str) -> dict:
+    """Fill ``--backlog`` frames while the ready system is paused, resume it, time the
+    answers until all are in: frames/s from resume to the last answer, and CPU."""
+    n, settings = b.args.backlog, b.settings
+    t = fresh_topics(b, system)
+    with running(b, system, t, b.args.backlog_budget_ms) as proc:
+        os.kill(proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        fill(settings, t.src, n, b.args.backlog_vehicles)
+        fill_s = time.monotonic() - t0
+        if fill_s > 4:  # serve's session timeout is 6 s: a rebalance would be measured too
+            print(f"warning: filling took {fill_s:.1f} s; the group may rebalance", flush=True)
+        c = Consumer(settings, group_id=None)
+        c.assign(t.dst, sorted(c.partitions_for(t.dst)))
+        c.poll(timeout_ms=0)
+        got, reasons = 0, Counter[str]()
+        cpu0, broker0 = cpu_seconds(proc.pid), b.broker_cpu()
+        start = last = now_ns()
+        os.kill(proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60 + n / 1000
+        while got < n and time.monotonic() < deadline and proc.poll() is None:
+            msgs = c.poll(timeout_ms=100, max_records=5000)
+            if msgs:
+                last = now_ns()
+            got += len(msgs)
+            for m in msgs if system != "floor" else ():
+                p = decode_prediction(m.value)
+                if p.source == "fallback":
+                    reasons[p.reason] += 1
+        cpu1, broker1 = cpu_seconds(proc.pid), b.broker_cpu()
+        exit_code = proc.poll()
+        c.close()
+    span_s = (last - start) / 1e9
+    return {
+        "system": system,
+        "backlog": n,
+        "answered": got,
+        "unanswered": n - got,
+        "fill_s": round(fill_s, 2),
+        "span_s": round(span_s, 3),
+        "frames_per_s": round(got / span_s) if span_s > 0 else None,
+        "fallback_share": round(sum(reasons.values()) / max(1, got), 4),
+        "fallback_reasons": dict(reasons),
+        "cpu_s_per_10k": per_10k(cpu1 - cpu0, got),
+        "broker_cpu_s_per_10k": per_10k(
+            None if broker0 is None or broker1 is None else broker1 - broker0, got
+        ),
+        "exit_code": exit_code,
+    }
+
+
+# --- model, tables, main --------------------------------------------------------------
+def model_record(kind: str) -> bytes:
+    """v1 of the benchmark's model: bench_e2e's constant-velocity one, or the trainer's
+    untrained TrajectoryModel (its physics prior: the graph serve runs in production)."""
+    if kind == "cv":
+        return e2e.model_record(1)
+    from schemas.model_spec import DEFAULT_SPEC
+    from tests.model_fixtures import envelope
+    from trainer.export import OnnxExporter
+    from trainer.model import build_model, trainable_state
+
+    model = build_model(DEFAULT_SPEC, hidden=64, seed=0)
+    onnx = OnnxExporter(model, DEFAULT_SPEC).export(trainable_state(model))
+    return encode_envelope(envelope(onnx, 1))
+
+
+def _med(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
+def _cell(v: object) -> str:
+    return "–" if v is None else str(v)
+
+
+def tables(rows: list[dict], backlog: list[dict], systems: list[str]) -> str:
+    """The markdown tables: medians over runs (unanswered: the sum)."""
+    out: list[str] = []
+    rates = sorted({r["rate"] for r in rows})
+    cols = "| rate | floor p99 | drivestream p99 (x floor) | peer p99 | drivestream CPU s/10k "
+    out += [cols + "| peer CPU s/10k |", "|---:|---:|---:|---:|---:|---:|"]
+    for rate in rates:
+        m = {s: [r for r in rows if r["rate"] == rate and r["system"] == s] for s in SYSTEMS}
+        floor, serve, peer = (_med(m[s], "p99_ms") for s in SYSTEMS)
+        ratio = f" ({serve / floor:.1f}x)" if serve is not None and floor else ""
+        out.append(
+            f"| {rate} | {_cell(floor)} | {_cell(serve)}{ratio} | {_cell(peer)} | "
+            f"{_cell(_med(m['serve'], 'cpu_s_per_10k'))} | "
+            f"{_cell(_med(m['peer'], 'cpu_s_per_10k'))} |"
+        )
+    keys = ("p50_ms", "p99_ms", "max_ms", "p99_by_second_median_ms", "p99_by_second_worst_ms")
+    out += [
+        "",
+        "| system | rate | runs | p50 | p99 | max | p99/s median | p99/s worst | fallback "
+        "| unanswered | CPU s/10k | broker CPU s/10k |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rate in rates:
+        for s in systems:
+            rs = [r for r in rows if r["rate"] == rate and r["system"] == s]
+            if rs:
+                share = _med(rs, "fallback_share")
+                cells = [_cell(_med(rs, k)) for k in keys]
+                out.append(
+                    f"| {s} | {rate} | {len(rs)} | {' | '.join(cells)} | "
+                    f"{'–' if share is None else f'{share:.1%}'} | "
+                    f"{sum(r['unanswered'] for r in rs)} | {_cell(_med(rs, 'cpu_s_per_10k'))} | "
+                    f"{_cell(_med(rs, 'broker_cpu_s_per_10k'))} |"
+                )
+    if backlog:
+        out += [
+            "",
+            f"backlog of {backlog[0]['backlog']} frames (median of runs):",
+            "| system | frames/s | CPU s/10k | broker CPU s/10k | fallback | unanswered |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for s in systems:
+            rs = [r for r in backlog if r["system"] == s]
+            if rs:
+                out.append(
+                    f"| {s} | {_cell(_med(rs, 'frames_per_s'))} | "
+                    f"{_cell(_med(rs, 'cpu_s_per_10k'))} | "
+                    f"{_cell(_med(rs, 'broker_cpu_s_per_10k'))} | "
+                    f"{_med(rs, 'fallback_share') or 0:.1%} | {sum(r['unanswered'] for r in rs)} |"
+                )
+    return "\n".join(out)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bootstrap", default=None, help="use this broker (default: start one)")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="of floor,serve,peer")
+    p.add_argument("--rates", default="1000,5000,10000", help="frames/s; '' = none")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per rate")
+    p.add_argument("--runs", type=int, default=3, help="rounds, interleaved")
+    p.add_argument(
+        "--warmup", type=float, default=10.0, help="s of floor load first, discarded (JVM JIT)"
+    )
+    p.add_argument("--backlog", type=int, default=30_000, help="frames; 0 = no backlog test")
+    p.add_argument("--backlog-vehicles", type=int, default=100)
+    p.add_argument("--backlog-budget-ms", type=float, default=1e9, help="serve's, backlog")
+    p.add_argument("--budget-ms", type=float, default=50.0, help="serve's latency budget")
+    p.add_argument("--max-batch", type=int, default=64, help="serve's micro-batch")
+    p.add_argument("--device", default="cpu", help="serve's (the peer runs on CPU)")
+    p.add_argument("--model", choices=("cv", "trajectory"), default="cv")
+    p.add_argument("--peer-python", default="", help="the peer's interpreter (default: built)")
+    p.add_argument("--peer-linger-ms", type=float, default=2.0, help="the peer's producer's")
+    p.add_argument("--json", default="", help="write every run's figures here")
+    args = p.parse_args()
+    args.systems = [s for s in args.systems.split(",") if s]
+    if not args.systems or set(args.systems) - set(SYSTEMS):
+        p.error(f"--systems must name some of {','.join(SYSTEMS)}")
+    args.rates = [int(r) for r in args.rates.split(",") if r]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    # both end in an exception, so the finally blocks stop everything this bench started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    with contextlib.ExitStack() as stack:
+        peer = None
+        if "peer" in args.systems:
+            peer = Path(args.peer_python) if args.peer_python else peer_python()
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        record = model_record(args.model)
+        (tmp / "model.onnx").write_bytes(decode_envelope(record).onnx)
+        bootstrap, broker_pid = args.bootstrap, None
+        if not bootstrap:
+            from pipeline.broker import BrokerConfig, LocalBroker
+
+            broker = stack.enter_context(LocalBroker(BrokerConfig(data_dir=tmp / "kafka", port=0)))
+            bootstrap = broker.bootstrap
+            state = broker.state()
+            broker_pid = state.nodes[0].pid if state else None
+        procs = Procs()
+        stack.callback(procs.close)
+        b = Bench(args, bootstrap, procs, record, tmp / "model.onnx", peer, broker_pid)
+        rows: list[dict] = []
+        backlog: list[dict] = []
+        if args.warmup > 0:  # a fresh broker's JIT would otherwise tax whoever runs first
+            print(f"warm-up: {args.warmup:g} s of floor load, discarded", flush=True)
+            measure_rate(b, "floor", max(args.rates, default=1000), args.warmup)
+        for run in range(1, args.runs + 1):
+            k = (run - 1) % len(args.systems)
+            order = args.systems[k:] + args.systems[:k]  # who goes first rotates
+            jobs: list[tuple[str, int | None]] = [(s, rate) for rate in args.rates for s in order]
+            jobs += [(s, None) for s in order] if args.backlog else []
+            for s, rate in jobs:
+                if rate is None:
+                    backlog.append(row := {"run": run, **measure_backlog(b, s)})
+                else:
+                    rows.append(row := {"run": run, **measure_rate(b, s, rate)})
+                label = "backlog" if rate is None else f"{rate}/s"
+                if row["exit_code"] is not None:
+                    print(f"warning: {s} exited with {row['exit_code']} during the measurement")
+                print(f"run {run}: {s} {label}: {json.dumps(row)}", flush=True)
+        print()
+        print(tables(rows, backlog, args.systems))
+        if args.json:
+            config = {k: v for k, v in vars(args).items() if k != "json"}
+            config["peer_requirements"] = PEER_REQUIREMENTS
+            doc = {"config": config, "bootstrap": bootstrap, "rates": rows, "backlog": backlog}
+            Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+            print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
