@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 
 from inference import fallback
-from inference.batching import Pending
+from inference.batching import Pending, stack_rows
 from inference.config import ServeConfig
 from inference.metrics import ServeMetrics
 from inference.output import Answer, Output
@@ -64,17 +64,20 @@ class Answerer:
             items = [it for it, x in zip(items, late, strict=True) if not x]
         # a swap changed the window length: only those frames fall back
         history = model.spec.history
-        short = [it.window is None or it.window.shape[0] != history for it in items]
+        windows = [None if it.window is None else it.window.array for it in items]
+        short = [w is None or w.shape[1] != history for w in windows]
         if any(short):
             unfit = [it for it, x in zip(items, short, strict=True) if x]
             self.fallback(unfit, "warmup", horizons)
+            windows = [w for w, x in zip(windows, short, strict=True) if not x]
             items = [it for it, x in zip(items, short, strict=True) if not x]
         if not items:
             return
         n = len(items)
         shape = self.config.padded(n)
         x = np.zeros((shape, history, len(model.spec.features)), np.float32)
-        x[:n] = np.stack([it.window for it in items])  # type: ignore[misc]
+        rows = [(w, it.row) for w, it in zip(windows, items, strict=True) if w is not None]
+        x[:n] = stack_rows(rows)
         t_start = now_ns()
         try:
             out = model.run(x)
@@ -89,17 +92,16 @@ class Answerer:
         self.metrics.batch_size.observe(n)
         out = out[:n]
         answer = Answer(horizons, model.version, [model.name] * n, "model", "", t_start, t_end)
-        finite = np.isfinite(out).all(axis=(1, 2))
+        finite = np.isfinite(out)
         if finite.all():
-            self.output.publish(items, out[:, :, 0].tolist(), out[:, :, 1].tolist(), answer)
+            self.output.publish(items, out, answer)
             return
+        finite = finite.all(axis=(1, 2))
         for i, it in enumerate(items):  # rare: keep each vehicle's answers in frame order
             if not finite[i]:
                 self.fallback([it], "non_finite", horizons)
             else:
-                self.output.publish(
-                    [it], out[i : i + 1, :, 0].tolist(), out[i : i + 1, :, 1].tolist(), answer
-                )
+                self.output.publish([it], out[i : i + 1], answer)
 
     def fallback(
         self,
@@ -113,11 +115,8 @@ class Answerer:
         if not items:
             return
         t_start = now_ns()
-        states = [
-            (it.frame.x, it.frame.y, it.frame.speed, it.frame.heading, it.frame.yaw_rate)
-            for it in items
-        ]
-        x, y, v, h, w = np.array(states, dtype=np.float64).T
+        states = stack_rows([(it.frames.values, it.index) for it in items])
+        x, y, v, h, w = states[:, :5].T
         yaw_eps = np.inf if physics == fallback.CV else self.config.cv_yaw_eps
         out, turning = fallback.predict(x, y, v, h, w, horizons, yaw_eps)
         t_end = now_ns()
@@ -125,4 +124,4 @@ class Answerer:
         answer = Answer(horizons, -1, names, "fallback", reason, t_start, t_end)
         self.metrics.fallbacks.labels(reason=reason).inc(len(items))
         self.stats[f"fallback_{reason}"] += len(items)
-        self.output.publish(items, out[:, :, 0].tolist(), out[:, :, 1].tolist(), answer)
+        self.output.publish(items, out, answer)

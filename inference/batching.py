@@ -4,25 +4,87 @@ waited ``max_wait_ns``. Latency first: a lone frame never waits longer than that
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from schemas.sensor import SensorFrame
+from schemas.sensor import FrameColumns, SensorFrame
 
 
-@dataclass(slots=True)
+class Windows:
+    """The model windows one poll reserved, ``array[row]`` of shape ``[history, 7]``; the
+    history store fills ``array`` in one gather when the poll's frames are stored."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray | None = None) -> None:
+        self.array = array
+
+
+@dataclass(slots=True, eq=False)
 class Pending:
-    """One frame waiting for the model, with where it came from and its stamps."""
+    """One frame waiting for an answer, with where it came from and its stamps.
 
-    frame: SensorFrame
-    window: np.ndarray | None
+    Its values stay in its poll's columns (``frames``, row ``index``) and its model window
+    in its poll's windows (``window``, row ``row``): nothing is copied per frame.
+    """
+
+    vehicle_id: str
+    seq: int
+    t_event_ns: int
+    frames: FrameColumns
+    index: int
+    window: Windows | None
+    row: int
     topic: str
     partition: int
     offset: int
     t_produce_ns: int
     t_consumed_ns: int
     deadline_ns: int
+
+    @classmethod
+    def of(
+        cls,
+        frame: SensorFrame,
+        window: npt.ArrayLike | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        t_produce_ns: int,
+        t_consumed_ns: int,
+        deadline_ns: int,
+    ) -> Pending:
+        """One frame on its own, outside a poll (tests)."""
+        w = None if window is None else Windows(np.asarray(window)[None])
+        f = FrameColumns.of([[frame]])
+        return cls(
+            frame.vehicle_id, frame.seq, frame.t_event_ns, f, 0, w, 0, topic, partition, offset,
+            t_produce_ns, t_consumed_ns, deadline_ns,
+        )  # fmt: skip
+
+
+def stack_rows(rows: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+    """``block[row]`` for each (non-empty) pair, stacked: one fancy index per distinct block
+    (a batch holds frames of a few polls). Blocks must agree in every dimension but the
+    first."""
+    groups: dict[int, tuple[np.ndarray, list[int], list[int]]] = {}
+    for i, (block, row) in enumerate(rows):
+        g = groups.get(id(block))
+        if g is None:
+            g = groups[id(block)] = (block, [], [])
+        g[1].append(i)
+        g[2].append(row)
+    if len(groups) == 1:
+        ((block, _, picked),) = groups.values()
+        return block[picked]
+    first = rows[0][0]
+    out = np.empty((len(rows), *first.shape[1:]), first.dtype)
+    for block, at, picked in groups.values():
+        out[at] = block[picked]
+    return out
 
 
 class MicroBatcher:

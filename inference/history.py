@@ -6,6 +6,13 @@ from: a window with a gap wider than the spec's ``max_gap_s`` never goes to the 
 truth for swap validation and the never-worse gate: every ``truth_every``-th gap-free window
 of a vehicle is kept until the vehicle's position at every horizon has arrived, then the
 window, its time-interpolated future positions and when it was labelled go into a ring.
+
+A poll at a time: :meth:`~HistoryStore.begin` takes its decoded columns,
+:meth:`~HistoryStore.add` judges each frame in order (plausibility and gaps are per-vehicle
+state machines) and :meth:`~HistoryStore.reserve` books a model window, in plain Python;
+:meth:`~HistoryStore.end` then stores the poll's rows in the vehicles' ring buffers
+(:mod:`inference.rings`), gathers every booked window and labels every window whose truth
+arrived, one indexing operation each: no array is made per frame.
 """
 
 from __future__ import annotations
@@ -18,32 +25,67 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from inference.batching import Windows, stack_rows
+from inference.rings import STATE, Rings
 from schemas import plausibility, window
 from schemas.model_spec import InputSpec
-from schemas.sensor import SensorFrame
+from schemas.sensor import FrameColumns, SensorFrame
 
 NS = window.NS
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Awaiting:
     """A window waiting for its future positions; ``pred`` is what the model answered for it
     while its truth did not exist yet (set by :meth:`HistoryStore.score_awaiting`)."""
 
     t0: int
-    window: np.ndarray
+    at: int
+    """The ring row of its newest frame."""
+    windows: Windows
+    row: int
     pred: np.ndarray | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Vehicle:
+    slot: int
     partition: int
-    rows: deque[tuple[float, ...]]
-    track: deque[tuple[int, float, float]]
     clock: plausibility.VehicleClock
     pending: deque[_Awaiting] = field(default_factory=deque)
+    n: int = 0
+    """Rows appended so far: the ring row of the next one."""
+    rows_from: int = 0
+    """First row of its history (a confirmed jump starts a new one)."""
+    track_from: int = 0
+    """First row of the track ground truth is read from (a gap starts a new one)."""
+    gap_at: int = -1
+    """Newest row more than max_gap_s after the row before it."""
     last_t_ns: int = -1
     count: int = 0
+    batch: int = -1
+    """The batch of rows it last appended to, and how many it appended there."""
+    in_batch: int = 0
+
+
+_Truth = tuple[np.ndarray, int, np.ndarray, int, float, np.ndarray | None]
+"""(windows, row, targets, row, when labelled, what the model predicted before)."""
+
+
+class _Batch:
+    """Rows appended, windows booked and truth windows labelled since the last store."""
+
+    def __init__(self, frames: FrameColumns, x: list[float], y: list[float], n: int) -> None:
+        self.frames, self.x, self.y, self.id = frames, x, y, n
+        self.at: list[int] = []
+        """Ring place of each row appended (:meth:`Rings.at`), and its frame in the poll."""
+        self.frame: list[int] = []
+        self.windows = Windows()
+        self.window_slot: list[int] = []
+        self.window_end: list[int] = []
+        self.labels: list[tuple[int, int, int, _Awaiting]] = []
+        """(slot, first and end row of its track, the window) per window now labelled."""
+        self.awaiting: list[_Awaiting] = []
 
 
 class HistoryStore:
@@ -62,9 +104,11 @@ class HistoryStore:
         self.truth_every = truth_every
         self._clock = clock
         self._vehicles: dict[str, _Vehicle] = {}
-        self._truth: deque[tuple[np.ndarray, np.ndarray, float, np.ndarray | None]] = deque(
-            maxlen=truth_capacity
-        )
+        self._derive()
+        self._rings = Rings(2 * self._track)
+        self._batch: _Batch | None = None
+        self._batches = 0
+        self._truth: deque[_Truth] = deque(maxlen=truth_capacity)
         self._truth_lock = threading.Lock()
         self._unscored: deque[_Awaiting] = deque(maxlen=truth_capacity)
         """Awaiting windows the model has not predicted yet (appended here, scored off-loop)."""
@@ -72,111 +116,190 @@ class HistoryStore:
     def __len__(self) -> int:
         return len(self._vehicles)
 
-    @property
-    def gap_ns(self) -> int:
+    def _derive(self) -> None:
+        spec = self.spec
+        self.gap_ns = window.gap_ns(spec.max_gap_s)
         """Widest gap allowed inside a window: the serving model's ``max_gap_s``."""
-        return window.gap_ns(self.spec.max_gap_s)
-
-    def _track_len(self) -> int:
-        return int(self.spec.max_horizon_s * self.spec.rate_hz * 3) + self.spec.history + 8
+        self._horizon_ns = round(spec.max_horizon_s * NS)
+        self._track = int(spec.max_horizon_s * spec.rate_hz * 3) + spec.history + 8
+        """Track points kept for labels (at least the history). Rings hold twice that, and
+        a vehicle appends at most this many rows between two stores, so every row a booked
+        window or track reads is still in its ring when the rows are stored."""
 
     def set_spec(self, spec: InputSpec) -> None:
-        """Adopt a new model's spec; longer windows keep what is there and warm up the rest."""
+        """Adopt a new model's spec (between polls); longer windows keep what is there and
+        warm up the rest."""
         if spec == self.spec:
             return
+        old_history, old_track = self.spec.history, self._track
         self.spec = spec
-        for v in self._vehicles.values():
-            v.rows = deque(v.rows, maxlen=spec.history)
-            v.track = deque(v.track, maxlen=self._track_len())
+        self._derive()
+        keep = []
+        for v in self._vehicles.values():  # what deques of the old lengths would hold
+            v.rows_from = max(v.rows_from, v.n - old_history)
+            v.track_from = max(v.track_from, v.n - old_track)
             v.pending.clear()
+            keep.append((v.slot, v.n, min(v.n - min(v.rows_from, v.track_from), self._track)))
+        self._rings.resize(2 * self._track, keep)
+        for v in self._vehicles.values():
+            v.gap_at = self._newest_gap(v)
         self._unscored.clear()
         with self._truth_lock:
             self._truth.clear()
 
-    def add(self, f: SensorFrame, partition: int) -> str:
-        """Record a frame; returns 'ok', 'gap' (wider than max_gap_s since the previous frame:
-        pending ground truth is dropped, windows over it are unusable), 'out_of_order', or
-        an ``implausible_*`` reason (:mod:`schemas.plausibility`: the frame is not kept)."""
-        v = self._vehicles.get(f.vehicle_id)
+    def _newest_gap(self, v: _Vehicle) -> int:
+        """The newest row of ``v``'s window more than max_gap_s after the one before it."""
+        first = max(v.rows_from, v.n - self.spec.history)
+        t, _ = self._rings.read(np.array([v.slot]), np.array([first]), v.n - first)
+        gaps = np.flatnonzero(np.diff(t[0]) > self.gap_ns)
+        return first + 1 + int(gaps[-1]) if len(gaps) else -1
+
+    # --- one poll --------------------------------------------------------------------
+    def begin(self, frames: FrameColumns) -> None:
+        """Start a poll of ``frames``: add() them by index, then end()."""
+        assert self._batch is None, "begin() inside a poll"
+        x, y = frames.values[:, 0].tolist(), frames.values[:, 1].tolist()
+        self._batches += 1
+        self._batch = _Batch(frames, x, y, self._batches)
+
+    def add(self, i: int, partition: int) -> str:
+        """Record frame ``i`` of the poll; returns 'ok', 'gap' (wider than max_gap_s since the
+        previous frame: pending ground truth is dropped, windows over it are unusable),
+        'out_of_order', or an ``implausible_*`` reason (:mod:`schemas.plausibility`: the
+        frame is not kept)."""
+        b = self._batch
+        assert b is not None, "add() outside begin()/end()"
+        f = b.frames
+        vid, t = f.vehicle_id[i], f.t_event_ns[i]
+        v = self._vehicles.get(vid)
         if v is None:
-            v = _Vehicle(
-                partition,
-                deque(maxlen=self.spec.history),
-                deque(maxlen=self._track_len()),
-                plausibility.VehicleClock(self.limits),
-            )
-            self._vehicles[f.vehicle_id] = v
+            v = _Vehicle(self._rings.take(), partition, plausibility.VehicleClock(self.limits))
+            self._vehicles[vid] = v
         v.partition = partition
-        judged = v.clock.judge(f.seq, f.t_event_ns, f.x, f.y)
+        judged = v.clock.judge(f.seq[i], t, b.x[i], b.y[i])
         if judged == plausibility.RESTART:  # a confirmed jump: the old track is another one
-            v.rows.clear()
-            v.track.clear()
+            v.rows_from = v.track_from = v.n
+            v.gap_at = v.last_t_ns = -1
             v.pending.clear()
-            v.last_t_ns = -1
         elif judged != plausibility.OK:
             return judged
         status = "ok"
-        if v.last_t_ns >= 0 and f.t_event_ns - v.last_t_ns > self.gap_ns:
-            v.track.clear()  # no ground truth interpolated across the gap
+        if v.last_t_ns >= 0 and t - v.last_t_ns > self.gap_ns:
+            v.track_from = v.gap_at = v.n  # no ground truth interpolated across the gap
             v.pending.clear()
             status = "gap"
-        v.last_t_ns = f.t_event_ns
-        v.rows.append(
-            (f.t_event_ns, f.x, f.y, f.speed, f.heading, f.yaw_rate, f.accel)  # type: ignore[arg-type]
-        )
-        v.track.append((f.t_event_ns, f.x, f.y))
+        v.last_t_ns = t
+        if v.batch != b.id:
+            v.batch, v.in_batch = b.id, 0
+        elif v.in_batch == self._track:  # a backlog of this vehicle: store what we have
+            b = self._store()
+            v.batch, v.in_batch = b.id, 0
+        b.at.append(self._rings.at(v.slot, v.n))
+        b.frame.append(i)
+        v.in_batch += 1
+        v.n += 1
         v.count += 1
-        self._label(v)
-        full = len(v.rows) == self.spec.history
-        if full and v.count % self.truth_every == 0 and not self._has_gap(v):
-            awaiting = _Awaiting(f.t_event_ns, self._window(v))
+        if v.pending and v.pending[0].t0 + self._horizon_ns <= t:  # future positions arrived
+            track = max(v.track_from, v.n - self._track)
+            while v.pending and v.pending[0].t0 + self._horizon_ns <= t:
+                a = v.pending.popleft()
+                # read from the anchor on: the same labels as from the track's start
+                b.labels.append((v.slot, max(track, a.at), v.n, a))
+        if v.count % self.truth_every == 0 and self._usable(v):
+            awaiting = _Awaiting(t, v.n - 1, b.windows, self._book(b, v))
             v.pending.append(awaiting)
-            self._unscored.append(awaiting)
+            b.awaiting.append(awaiting)
         return status
+
+    def reserve(self, vehicle_id: str) -> tuple[Windows, int]:
+        """Book the model window ending at the vehicle's newest frame (one it can use: see
+        :meth:`unusable`); it is ``windows.array[row]`` once the poll ends."""
+        b = self._batch
+        assert b is not None, "reserve() outside begin()/end()"
+        return b.windows, self._book(b, self._vehicles[vehicle_id])
+
+    def end(self) -> None:
+        """Store the poll's rows, gather its windows, label what became ground truth."""
+        if self._batch is not None:
+            self._store()
+            self._batch = None
+
+    def _book(self, b: _Batch, v: _Vehicle) -> int:
+        b.window_slot.append(v.slot)
+        b.window_end.append(v.n)
+        return len(b.window_end) - 1
+
+    def _store(self) -> _Batch:
+        """Write, gather and label what the current batch holds; returns the next batch."""
+        b = self._batch
+        assert b is not None
+        self._batch = None  # a failure below must not leave a half-stored batch behind
+        if b.frame:
+            frames = np.array(b.frame, np.int64)
+            values = b.frames.values[frames, :STATE]
+            self._rings.write(b.at, b.frames.times[frames], values)
+        if b.window_end:
+            h = self.spec.history
+            first = np.array(b.window_end, np.int64) - h
+            times, values = self._rings.read(np.array(b.window_slot), first, h)
+            rows = np.concatenate([times[..., None].astype(np.float64), values], axis=-1)
+            b.windows.array = window.window_rows(rows)
+        if b.labels:
+            self._label(b.labels)
+        self._unscored.extend(b.awaiting)
+        self._batches += 1
+        self._batch = _Batch(b.frames, b.x, b.y, self._batches)
+        return self._batch
+
+    def _label(self, labels: list[tuple[int, int, int, _Awaiting]]) -> None:
+        """Ground truth of every window whose longest horizon arrived."""
+        slot, first, end = (np.array(c, np.int64) for c in list(zip(*labels, strict=True))[:3])
+        awaiting = [q[3] for q in labels]
+        lengths = end - first
+        times, xy = self._rings.read(slot, first, int(lengths.max()), slice(0, 2))
+        targets, ok = window.labels_on_tracks(
+            times, xy[..., 0], xy[..., 1], lengths, [a.t0 for a in awaiting], self.spec.horizons_s
+        )
+        targets32 = targets.astype(np.float32)
+        now = self._clock()
+        with self._truth_lock:
+            for q in np.flatnonzero(ok).tolist():
+                a = awaiting[q]
+                assert a.windows.array is not None
+                self._truth.append((a.windows.array, a.row, targets32, q, now, a.pred))
+
+    # --- between polls -----------------------------------------------------------------
+    def add_frame(self, frame: SensorFrame, partition: int) -> str:
+        """:meth:`add` for one frame outside the serving loop (tests, seeding): a poll of
+        its own."""
+        self.begin(FrameColumns.of([[frame]]))
+        try:
+            return self.add(0, partition)
+        finally:
+            self.end()
 
     def unusable(self, vehicle_id: str) -> str | None:
         """Why the vehicle's window cannot go to the model ('warmup' or 'gap'), else None."""
         v = self._vehicles.get(vehicle_id)
-        if v is None or len(v.rows) < self.spec.history:
+        if v is None or v.n - v.rows_from < self.spec.history:
             return "warmup"
-        return "gap" if self._has_gap(v) else None
+        return "gap" if v.gap_at > v.n - self.spec.history else None
 
-    def _has_gap(self, v: _Vehicle) -> bool:
-        return window.has_gap([r[0] for r in v.rows], self.spec.max_gap_s)
+    def _usable(self, v: _Vehicle) -> bool:
+        h = self.spec.history
+        return v.n - v.rows_from >= h and v.gap_at <= v.n - h
 
     def window(self, vehicle_id: str) -> np.ndarray | None:
-        """Model input ``[history, 7]`` ending at the newest frame, or None while warming up."""
+        """Model input ``[history, 7]`` ending at the newest frame, or None while warming up
+        (outside a poll; the serving loop reserves windows instead)."""
         v = self._vehicles.get(vehicle_id)
-        if v is None or len(v.rows) < self.spec.history:
+        if v is None or v.n - v.rows_from < self.spec.history:
             return None
-        return self._window(v)
-
-    def _window(self, v: _Vehicle) -> np.ndarray:
-        return window.window_rows(v.rows)
-
-    def _label(self, v: _Vehicle) -> None:
-        """Turn pending windows whose longest horizon has arrived into ground truth."""
-        horizon_ns = round(self.spec.max_horizon_s * NS)
-        newest = v.track[-1][0]
-        ready = 0
-        while ready < len(v.pending) and v.pending[ready].t0 + horizon_ns <= newest:
-            ready += 1
-        if not ready:
-            return
-        done = [v.pending.popleft() for _ in range(ready)]
-        track = np.array(v.track, dtype=np.float64)
-        targets, ok = window.labels(
-            track[:, 0].astype(np.int64),
-            track[:, 1],
-            track[:, 2],
-            [a.t0 for a in done],
-            self.spec.horizons_s,
-        )
-        now = self._clock()
-        with self._truth_lock:
-            for a, target, good in zip(done, targets.astype(np.float32), ok, strict=True):
-                if good:
-                    self._truth.append((a.window, target, now, a.pred))
+        self.begin(FrameColumns.of([]))
+        windows, row = self.reserve(vehicle_id)
+        self.end()
+        assert windows.array is not None
+        return windows.array[row]
 
     def truth(self, within_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Recent ground truth: windows ``[N, T, 7]`` and positions ``[N, K, 2]``, oldest
@@ -193,14 +316,15 @@ class HistoryStore:
             items = list(self._truth)
         if within_s is not None:
             since = self._clock() - within_s
-            items = [it for it in items if it[2] >= since]
+            items = [it for it in items if it[4] >= since]
         k = len(self.spec.horizons_s)
         if not items:
             empty = np.zeros((0, k, 2), np.float32)
             return np.zeros((0, self.spec.history, 7), np.float32), empty, empty
         nan = np.full((k, 2), np.nan, np.float32)
         preds = [nan if p is None or p.shape != nan.shape else p for *_, p in items]
-        return np.stack([it[0] for it in items]), np.stack([it[1] for it in items]), np.stack(preds)
+        windows = stack_rows([(it[0], it[1]) for it in items])
+        return windows, stack_rows([(it[2], it[3]) for it in items]), np.stack(preds)
 
     def score_awaiting(self, predict: Callable[[np.ndarray], np.ndarray]) -> int:
         """Predict every window still waiting for its truth (off the serving loop); returns
@@ -211,23 +335,30 @@ class HistoryStore:
                 todo.append(self._unscored.popleft())
             except IndexError:  # emptied by a concurrent set_spec
                 break
-        todo = [a for a in todo if a.window.shape[0] == self.spec.history]
-        if not todo:
+        history = self.spec.history
+        fits = [
+            (a, (w, a.row))
+            for a in todo
+            if (w := a.windows.array) is not None and w.shape[1] == history
+        ]
+        if not fits:
             return 0
-        out = predict(np.stack([a.window for a in todo]))
-        for a, pred in zip(todo, out, strict=True):
+        out = predict(stack_rows([r for _, r in fits]))
+        for (a, _), pred in zip(fits, out, strict=True):
             a.pred = np.asarray(pred, np.float32)
-        return len(todo)
+        return len(fits)
 
     def add_truth(self, windows: np.ndarray, targets: np.ndarray) -> None:
         """Seed ground truth directly (tests, or a warm restart)."""
+        if len(windows) != len(targets):
+            raise ValueError(f"{len(windows)} windows but {len(targets)} targets")
         now = self._clock()
         with self._truth_lock:
-            self._truth.extend((w, t, now, None) for w, t in zip(windows, targets, strict=True))
+            self._truth.extend((windows, i, targets, i, now, None) for i in range(len(windows)))
 
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget vehicles last seen on ``partitions`` (revoked); returns how many."""
         gone = [vid for vid, v in self._vehicles.items() if v.partition in partitions]
         for vid in gone:
-            del self._vehicles[vid]
+            self._rings.give_back(self._vehicles.pop(vid).slot)
         return len(gone)

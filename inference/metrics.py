@@ -43,17 +43,16 @@ class StageHistogram(Collector):
         self._bounds = np.asarray(buckets, dtype=np.float64)
         self._counts = np.zeros((len(stages), len(buckets) + 1), np.int64)  # last: +Inf
         self._sums = np.zeros(len(stages), np.float64)
+        self._rows = np.arange(len(stages))[:, None]
         self._lock = threading.Lock()
 
     def observe_many(self, seconds: np.ndarray) -> None:
         """``seconds[stage, i]``: latency of prediction i at each stage (rows in STAGES order)."""
         idx = np.searchsorted(self._bounds, seconds, side="left")  # le semantics: v <= bound
-        width = len(self.buckets) + 1
-        rows = np.arange(len(self.stages))[:, None] * width
-        counts = np.bincount((idx + rows).ravel(), minlength=self._counts.size)
+        sums = seconds.sum(axis=1)
         with self._lock:
-            self._counts += counts.reshape(self._counts.shape)
-            self._sums += seconds.sum(axis=1)
+            np.add.at(self._counts, (self._rows, idx), 1)
+            self._sums += sums
 
     def counts(self, stage: str) -> tuple[list[int], float]:
         """Cumulative bucket counts (last: +Inf = total) and the sum of one stage."""

@@ -36,8 +36,7 @@ log = logging.getLogger(__name__)
 TRANSACTION_TIMEOUT_MS = 10_000
 """Exactly-once: the broker aborts a transaction left open this long (its producer died)."""
 _SAFE_NS = 2**62
-"""Stamps are clamped to [0, 2**62] (year 2116) if one would overflow int64: differences of
-two such values always fit."""
+"""A deadline that would overflow int64 is clamped to [0, 2**62] (year 2116)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,59 +106,51 @@ class Output:
         self.halted = True
 
     # --- publishing ------------------------------------------------------------------
-    def publish(
-        self,
-        items: Sequence[Pending],
-        xs: Sequence[Sequence[float]],
-        ys: Sequence[Sequence[float]],
-        answer: Answer,
-    ) -> None:
-        """Publish one prediction per item (row i of ``xs``/``ys``); never flushes.
+    def publish(self, items: Sequence[Pending], points: np.ndarray, answer: Answer) -> None:
+        """Publish one prediction per item (``points[i]``: its ``[K, 2]`` positions); never
+        flushes.
 
-        t_published_ns is stamped per record right before producing. Counters and latency
-        histograms are updated once for the whole batch. They count records handed to the
-        producer; a record that then fails to deliver stops the service at the next check
-        (see check_delivery), uncommitted.
+        The batch is encoded in one pass and t_published_ns stamped once for it, right
+        before its records are produced (librdkafka still takes them one by one). Counters
+        and latency histograms are updated once for the whole batch. They count records
+        handed to the producer; a record that then fails to deliver stops the service at
+        the next check (see check_delivery), uncommitted.
         """
         producer = self.producer
         assert producer is not None
-        n = len(items)
-        if n == 0:
+        if not items:
             return
-        topic = self.config.predictions_topic
         enc = self._encoder
-        horizons, source = answer.horizons, answer.source
+        cols = _columns(items)
+        stamps = np.empty((len(items), 5), np.int64)
+        stamps[:, :2] = cols[:, 2:4]
+        stamps[:, 2:4] = (answer.t_infer_start_ns, answer.t_infer_end_ns)
         names = answer.names
-        mids = {name: enc.middle(name, source, answer.reason) for name in set(names)}
-        t0, t1, version = answer.t_infer_start_ns, answer.t_infer_end_ns, answer.model_version
-        published = [0] * n
-        for i, it in enumerate(items):
-            f = it.frame
-            vid = f.vehicle_id
-            t_pub = now_ns()
-            value = enc.encode(
-                vid,
-                f.seq,
-                f.t_event_ns,
-                version,
-                mids[names[i]],
-                (it.t_produce_ns, it.t_consumed_ns, t0, t1, t_pub),
-                horizons,
-                xs[i],
-                ys[i],
-            )
-            producer.send(topic, value, key=vid, headers=self._headers)
-            published[i] = t_pub
-        self._account(items, published, answer)
+        mids = {name: enc.middle(name, answer.source, answer.reason) for name in set(names)}
+        vids = [it.vehicle_id for it in items]
+        stamps[:, 4] = t_pub = now_ns()
+        values = enc.encode_many(
+            vids,
+            cols[:, :2],
+            answer.model_version,
+            [mids[name] for name in names],
+            stamps,
+            answer.horizons,
+            points,
+        )
+        send, topic, hdrs = producer.send, self.config.predictions_topic, self._headers
+        for value, vid in zip(values, vids, strict=True):
+            send(topic, value, vid, hdrs)
+        self._account(cols, t_pub, answer)
 
-    def _account(self, items: Sequence[Pending], published: list[int], answer: Answer) -> None:
-        """Counters and stage histograms of one published batch."""
-        n, source, m = len(items), answer.source, self.metrics
+    def _account(self, cols: np.ndarray, t_pub: int, answer: Answer) -> None:
+        """Counters and stage histograms of one batch (:func:`_columns`) published at
+        ``t_pub``."""
+        n, source, m = len(cols), answer.source, self.metrics
         self.stats[source] += n
         m.by_source[source].inc(n)
-        produce, consumed, deadline = _stamps(items)
-        pub = np.array(published, np.int64)
-        misses = int(np.count_nonzero(pub > deadline))
+        produce, consumed, deadline = cols[:, 2], cols[:, 3], cols[:, 4]
+        misses = int(np.count_nonzero(deadline < t_pub))
         if misses:
             self.stats["budget_miss"] += misses
             m.budget_misses.labels(source=source).inc(misses)
@@ -168,9 +159,9 @@ class Output:
         stages[0] = np.maximum(0, consumed - produce)  # kafka_in
         stages[1] = t0 - consumed  # queue
         stages[2] = t1 - t0  # infer
-        stages[3] = pub - t1  # publish
-        stages[4] = pub - consumed  # service
-        stages[5] = np.maximum(0, pub - produce)  # since_produce
+        stages[3] = t_pub - t1  # publish
+        stages[4] = t_pub - consumed  # service
+        stages[5] = np.maximum(0, t_pub - produce)  # since_produce
         m.stage_latency.observe_many(stages / 1e9)
 
     def dead_letter(self, msg: Message, reason: str, error: BaseException | None = None) -> None:
@@ -293,11 +284,14 @@ class Output:
             self.committed.pop(key, None)
 
 
-def _stamps(items: Sequence[Pending]) -> np.ndarray:
-    """``[3, n]`` int64 (t_produce, t_consumed, deadline) of a batch; never overflows."""
-    rows = [(it.t_produce_ns, it.t_consumed_ns, it.deadline_ns) for it in items]
+def _columns(items: Sequence[Pending]) -> np.ndarray:
+    """``[n, 5]`` int64 of a batch: seq, t_event_ns, t_produce_ns, t_consumed_ns and
+    deadline_ns. Only a deadline can pass int64 (validation bounds the rest): it is then
+    clamped to [0, 2**62], which judges lateness the same."""
+    rows = [
+        (it.seq, it.t_event_ns, it.t_produce_ns, it.t_consumed_ns, it.deadline_ns) for it in items
+    ]
     try:
-        return np.array(rows, np.int64).T
-    except OverflowError:  # validation bounds stamps; this guards the arithmetic anyway
-        clamped = [[min(max(int(v), 0), _SAFE_NS) for v in row] for row in rows]
-        return np.array(clamped, np.int64).T
+        return np.array(rows, np.int64)
+    except OverflowError:
+        return np.array([(*r[:4], min(max(r[4], 0), _SAFE_NS)) for r in rows], np.int64)

@@ -37,13 +37,14 @@ from schemas.errors import ValidationError
 from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Message
 from schemas.model_spec import DEFAULT_SPEC
-from schemas.sensor import check_frame_headers, decode_frames
+from schemas.sensor import FrameColumns, check_frame_headers_many, decode_columns
 
 log = logging.getLogger(__name__)
 
 MS = 1_000_000
 IDLE_POLL_MS = 100
 """Longest poll while nothing waits in the batcher."""
+NS_PER_S = 1e9
 
 
 class InferenceService:
@@ -84,7 +85,9 @@ class InferenceService:
             config.model_name,
             self.gate if config.gate else None,
         )
-        self._verdict: Verdict = self.gate.verdict(-1)
+        self._verdict: Verdict = (
+            self.gate.verdict(-1) if config.gate else Verdict(predictor=MODEL, version=-1)
+        )
         """Who answers what the model could, per the gate; refreshed once per poll."""
         self.batcher = MicroBatcher(config.max_batch, config.max_wait_us * 1000)
         self.model: LoadedModel | None = None
@@ -226,30 +229,25 @@ class InferenceService:
 
     # --- the loop ----------------------------------------------------------------------
     def step(self) -> None:
-        """One iteration: maybe swap, poll, enqueue or answer, run a due batch, commit."""
+        """One iteration: maybe swap, poll, enqueue or answer, run a due batch, commit.
+
+        What it does besides handling frames costs a few microseconds: an idle service
+        wakes ten times a second, and a lone frame costs two iterations (its poll, and the
+        wait for its batch), never a spin.
+        """
         assert self._consumer is not None and self.output.producer is not None
         self._mark_loop()
         self.output.check_delivery()
         self._maybe_swap()
         version = self.model.version if self.model else -1
-        self._verdict = (
-            self.gate.verdict(version)
-            if self.config.gate
-            else Verdict(predictor=MODEL, version=version)
-        )
-        wait = self.batcher.wait_ns(now_ns())
-        timeout_ms = IDLE_POLL_MS if wait is None else wait // MS
-        if self.config.exactly_once:  # answers become visible at the next commit: keep it
-            timeout_ms = min(timeout_ms, self.config.transaction_ms)
-        msgs = self._consumer.poll(
-            timeout_ms=int(timeout_ms), max_records=self.config.max_poll_records
-        )
-        for msg in msgs:
-            if (msg.topic, msg.partition) in self.assigned:
-                self._handle(msg, now_ns())
-            # else: fetched before its partition was revoked inside this poll; the new
-            # owner answers it from the offset committed on revoke
-        self._answer_deferred()
+        if self.config.gate:
+            self._verdict = self.gate.verdict(version)
+        elif self._verdict.version != version:
+            self._verdict = Verdict(predictor=MODEL, version=version)
+        msgs = self._poll()
+        if msgs:
+            self._handle_poll(msgs)
+            self._answer_deferred()
         while self.batcher.due(now_ns()):
             self._run_batch(self.batcher.take())
         now = time.monotonic()
@@ -257,6 +255,24 @@ class InferenceService:
             self._commit()
         if now - self._last_lag >= 1.0:
             self._update_lag()
+
+    def _poll(self) -> list[Message]:
+        """Wait for records no longer than the waiting batch may wait.
+
+        librdkafka waits in whole milliseconds: a batch due in less than one is slept for,
+        then what arrived meanwhile is taken without waiting (it joins that batch), so the
+        loop never spins on empty polls.
+        """
+        assert self._consumer is not None
+        limit = self.config.max_poll_records
+        wait = self.batcher.wait_ns(now_ns())
+        if wait is not None and 0 < wait < MS:
+            time.sleep(wait / NS_PER_S)
+            return self._consumer.poll(timeout_ms=0, max_records=limit)
+        timeout_ms = IDLE_POLL_MS if wait is None else wait // MS
+        if self.config.exactly_once:  # answers become visible at the next commit: keep it
+            timeout_ms = min(timeout_ms, self.config.transaction_ms)
+        return self._consumer.poll(timeout_ms=int(timeout_ms), max_records=limit)
 
     def _mark_loop(self) -> None:
         """Record how long the previous iteration took if a model build overlapped it."""
@@ -295,29 +311,55 @@ class InferenceService:
             f"v{old.version}" if old else "fallback",
         )
 
-    def _handle(self, msg: Message, t_consumed: int) -> None:
-        """Answer or enqueue every frame of one record; only then is it committable."""
+    def _handle_poll(self, msgs: list[Message]) -> None:
+        """Answer or enqueue every frame of a poll's records, decoded all at once."""
+        mine = [m for m in msgs if (m.topic, m.partition) in self.assigned]
+        # others were fetched before their partition was revoked inside this poll; the new
+        # owner answers them from the offset committed on revoke
+        if not mine:
+            return
+        stamps, header_errors = check_frame_headers_many([m.headers for m in mine])
+        frames = decode_columns([m.value for m in mine])
+        self.history.begin(frames)
         try:
-            t_produce = check_frame_headers(msg.headers)
-            frames = decode_frames(msg.value)
-        except ValidationError as exc:
-            self.output.dead_letter(msg, str(exc), exc)
-        else:
-            deadline = t_produce + self._budget_ns
-            for f in frames:
-                status = self.history.add(f, msg.partition)
-                if status.startswith("implausible"):  # kept out of history: never answered
-                    why = ValidationError("t_event_ns/seq/x/y", status)
-                    self.output.dead_letter(msg, f"frame {f.vehicle_id!r} seq {f.seq}: {why}", why)
-                    continue
-                item = Pending(
-                    f, None, msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline
-                )
-                self._route(item, status)
+            for r, msg in enumerate(mine):
+                error = header_errors[r] or frames.errors[r]  # as if checked in this order
+                self._handle(msg, frames, r, stamps[r], error)
+        finally:
+            self.history.end()  # windows and ground truth of the whole poll at once
+
+    def _handle(
+        self,
+        msg: Message,
+        frames: FrameColumns,
+        r: int,
+        t_produce: int,
+        error: ValidationError | None,
+    ) -> None:
+        """Answer or enqueue every frame of record ``r`` (dead-letter it if ``error``);
+        only then is it committable."""
+        t_consumed = now_ns()
+        if error is not None:
+            self.output.dead_letter(msg, str(error), error)
+            self.output.done(msg)
+            return
+        deadline = t_produce + self._budget_ns
+        vids, seqs, times = frames.vehicle_id, frames.seq, frames.t_event_ns
+        for i in range(frames.bounds[r], frames.bounds[r + 1]):
+            status = self.history.add(i, msg.partition)
+            if status.startswith("implausible"):  # kept out of history: never answered
+                why = ValidationError("t_event_ns/seq/x/y", status)
+                self.output.dead_letter(msg, f"frame {vids[i]!r} seq {seqs[i]}: {why}", why)
+                continue
+            item = Pending(
+                vids[i], seqs[i], times[i], frames, i, None, 0,
+                msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline,
+            )  # fmt: skip
+            self._route(item, status)
         self.output.done(msg)
 
     def _route(self, item: Pending, status: str) -> None:
-        vid, now = item.frame.vehicle_id, item.t_consumed_ns
+        vid, now = item.vehicle_id, item.t_consumed_ns
         if self.model is None:
             self._deferred.append((item, "no_model"))
         elif status == "out_of_order":
@@ -329,7 +371,7 @@ class InferenceService:
         elif not self.answerer.in_time(item, len(self.batcher) + 1, now, self._wait_for(now)):
             self._deferred.append((item, "late"))
         else:
-            item.window = self.history.window(vid)
+            item.window, item.row = self.history.reserve(vid)
             self.batcher.add(item)
 
     def _answer_deferred(self) -> None:

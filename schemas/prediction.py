@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import numpy as np
 import pyarrow as pa
 
 from schemas import headers
@@ -126,6 +127,42 @@ class CachedParts(Generic[P]):
             part = self._mid[key] = self._middle_part(name, source, reason)
         return part
 
+    def encode(
+        self,
+        vehicle_id: str,
+        seq: int,
+        t_event_ns: int,
+        model_version: int,
+        middle: P,
+        stamps: tuple[int, int, int, int, int],
+        horizons: Sequence[float],
+        xs: Sequence[float],
+        ys: Sequence[float],
+    ) -> bytes:
+        """One value; ``middle`` from :meth:`middle`."""
+        raise NotImplementedError
+
+    def encode_many(
+        self,
+        vehicle_ids: Sequence[str],
+        ids: np.ndarray,
+        model_version: int,
+        middles: Sequence[P],
+        stamps: np.ndarray,
+        horizons: Sequence[float],
+        points: np.ndarray,
+    ) -> list[bytes]:
+        """The values of a batch, what :meth:`encode` gives for each: ``ids [n, 2]`` (seq,
+        t_event_ns) and ``stamps [n, 5]`` int64, ``points [n, K, 2]`` (x, y per horizon)."""
+        seq_t, stamp_rows = ids.tolist(), stamps.tolist()
+        xs, ys = points[:, :, 0].tolist(), points[:, :, 1].tolist()
+        return [
+            self.encode(vid, s, t, model_version, mid, tuple(st), horizons, x, y)  # type: ignore[arg-type]
+            for vid, (s, t), mid, st, x, y in zip(
+                vehicle_ids, seq_t, middles, stamp_rows, xs, ys, strict=True
+            )
+        ]
+
 
 class PredictionEncoder(CachedParts[bytes]):
     """The v1 value layout, written field by field from plain values.
@@ -137,6 +174,8 @@ class PredictionEncoder(CachedParts[bytes]):
     def __init__(self) -> None:
         super().__init__()
         self._points: dict[int, struct.Struct] = {}
+        self._layouts: dict[tuple[int, int], np.dtype] = {}
+        self._templates: dict[tuple[bytes, int, tuple[float, ...]], np.ndarray] = {}
 
     def _vehicle_part(self, vehicle_id: str) -> bytes:
         return pack_string(vehicle_id)
@@ -182,6 +221,91 @@ class PredictionEncoder(CachedParts[bytes]):
             )
         )
 
+    def encode_many(
+        self,
+        vehicle_ids: Sequence[str],
+        ids: np.ndarray,
+        model_version: int,
+        middles: Sequence[bytes],
+        stamps: np.ndarray,
+        horizons: Sequence[float],
+        points: np.ndarray,
+    ) -> list[bytes]:
+        """The batch in one pass: everything after the vehicle id is a fixed-size record
+        per middle, written column by column and cut from one buffer."""
+        n, k = len(vehicle_ids), len(horizons)
+        self.points(k)  # 1..255 horizons
+        if points.shape != (n, k, 2):
+            raise CodecError("horizons_s", "horizons, pred_x and pred_y differ in length")
+        vids = [self.vehicle(v) for v in vehicle_ids]
+        if n and middles.count(middles[0]) == n:  # one model or one fallback: one record
+            buf, size = self._records(middles[0], ids, model_version, stamps, horizons, points)
+            return [vid + buf[i * size : (i + 1) * size] for i, vid in enumerate(vids)]
+        out = [b""] * n
+        for middle, where in _positions(middles).items():
+            idx = np.array(where)
+            buf, size = self._records(
+                middle, ids[idx], model_version, stamps[idx], horizons, points[idx]
+            )
+            for j, i in enumerate(where):
+                out[i] = vids[i] + buf[j * size : (j + 1) * size]
+        return out
+
+    def _records(
+        self,
+        middle: bytes,
+        ids: np.ndarray,
+        model_version: int,
+        stamps: np.ndarray,
+        horizons: Sequence[float],
+        points: np.ndarray,
+    ) -> tuple[bytes, int]:
+        """The fixed-size part of each value (after the vehicle id), as one buffer."""
+        rec = np.repeat(self._template(middle, model_version, tuple(horizons)), len(ids))
+        rec["head"][:, :2] = ids
+        rec["stamps"] = stamps
+        rec["points"][:, :, 1:] = points
+        return rec.tobytes(), rec.itemsize
+
+    def _template(
+        self, middle: bytes, model_version: int, horizons: tuple[float, ...]
+    ) -> np.ndarray:
+        """A record with what a batch shares filled in: version, middle, the horizons."""
+        key = (middle, model_version, horizons)
+        t = self._templates.get(key)
+        if t is None:
+            if len(self._templates) > 256:  # versions come and go
+                self._templates.clear()
+            t = self._templates[key] = np.zeros(1, self._layout(len(middle), len(horizons)))
+            t["head"][:, 2] = model_version
+            t["middle"] = np.frombuffer(middle, t.dtype["middle"])[0]
+            t["k"] = len(horizons)
+            t["points"][:, :, 0] = horizons
+        return t
+
+    def _layout(self, middle: int, k: int) -> np.dtype:
+        """The record after the vehicle id, for a middle of ``middle`` bytes and K points."""
+        dt = self._layouts.get((middle, k))
+        if dt is None:
+            dt = self._layouts[(middle, k)] = np.dtype(
+                [
+                    ("head", "<i8", 3),
+                    ("middle", f"V{middle}"),
+                    ("stamps", "<i8", 5),
+                    ("k", "u1"),
+                    ("points", "<f8", (k, 3)),
+                ]
+            )
+        return dt
+
+
+def _positions(parts: Sequence[bytes]) -> dict[bytes, list[int]]:
+    """Where each distinct part occurs."""
+    out: dict[bytes, list[int]] = {}
+    for i, part in enumerate(parts):
+        out.setdefault(part, []).append(i)
+    return out
+
 
 class ValueEncoder(Protocol):
     """What serve publishes with: :class:`PredictionEncoder` or the JSON layout's encoder
@@ -201,6 +325,17 @@ class ValueEncoder(Protocol):
         xs: Sequence[float],
         ys: Sequence[float],
     ) -> bytes: ...
+
+    def encode_many(
+        self,
+        vehicle_ids: Sequence[str],
+        ids: np.ndarray,
+        model_version: int,
+        middles: Sequence[Any],
+        stamps: np.ndarray,
+        horizons: Sequence[float],
+        points: np.ndarray,
+    ) -> list[bytes]: ...
 
 
 def encode_with(enc: ValueEncoder, p: Prediction) -> bytes:

@@ -76,8 +76,7 @@ def msg(value: bytes, hdrs: list, offset: int = 0, key: bytes | None = b"car-1")
 
 def handle(svc, *messages: Message) -> None:
     """What one serving-loop step does with polled records."""
-    for m in messages:
-        svc._handle(m, now_ns())
+    svc._handle_poll(list(messages))
     svc._answer_deferred()
     svc._flush_batches()
 
@@ -162,15 +161,16 @@ def test_int64_edge_event_times_are_answered_or_dead_lettered() -> None:
 
 def test_output_never_overflows_on_stamps_that_passed_validation_or_not() -> None:
     out = Output(ServeConfig(), ServeMetrics(), Counter())
-    from inference.output import Answer, _stamps
+    from inference.output import Answer, _columns
 
     limit = now_ns() + headers.MAX_FUTURE_NS
     items = [
-        Pending(GOOD, None, TOPIC, 0, 0, t, now_ns(), t + 10**18) for t in (0, limit, 2**63 - 1)
+        Pending.of(GOOD, None, TOPIC, 0, 0, t, now_ns(), t + 10**18) for t in (0, limit, 2**63 - 1)
     ]
-    assert _stamps(items).shape == (3, 3)
+    cols = _columns(items)
+    assert cols.shape == (3, 5) and cols[:, 2].tolist() == [0, limit, 2**63 - 1]
     answer = Answer((1.0,), 1, ["cv"] * 3, "fallback", "no_model", now_ns(), now_ns())
-    out._account(items, [now_ns()] * 3, answer)  # no OverflowError
+    out._account(cols, now_ns(), answer)  # no OverflowError
 
 
 def test_huge_value_and_header_are_cut_to_fit_with_sizes_and_sha256() -> None:
@@ -299,7 +299,7 @@ def test_fuzz_random_records_never_escape_and_every_dead_letter_fits() -> None:
             good_frames += len(decode_frames(m.value))
         except ValidationError:
             bad.add(offset)
-        svc._handle(m, now_ns())
+        svc._handle_poll([m])
         if offset % 50 == 0:
             svc._answer_deferred()
     svc._flush_batches()

@@ -12,7 +12,7 @@ from schemas.sensor import SensorFrame
 
 def item(vid: str, t_consumed: int, partition: int = 0, offset: int = 0) -> Pending:
     frame = SensorFrame(vid, 1, 1, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
-    return Pending(frame, None, "s", partition, offset, 0, t_consumed, 10**12)
+    return Pending.of(frame, None, "s", partition, offset, 0, t_consumed, 10**12)
 
 
 def test_lone_frame_waits_at_most_max_wait() -> None:
@@ -22,7 +22,7 @@ def test_lone_frame_waits_at_most_max_wait() -> None:
     assert not b.due(1_000 + 1_999_999)
     assert b.wait_ns(1_000 + 500_000) == 1_500_000
     assert b.due(1_000 + 2_000_000)
-    assert [p.frame.vehicle_id for p in b.take()] == ["a"]
+    assert [p.vehicle_id for p in b.take()] == ["a"]
     assert len(b) == 0
 
 
@@ -32,7 +32,7 @@ def test_full_batch_is_due_at_once_and_capped() -> None:
         b.add(item(f"v{i}", 0))
     assert b.due(0) and b.wait_ns(0) == 0
     first = b.take()
-    assert [p.frame.vehicle_id for p in first] == ["v0", "v1", "v2", "v3"]
+    assert [p.vehicle_id for p in first] == ["v0", "v1", "v2", "v3"]
     assert len(b) == 2 and not b.due(1)
 
 
@@ -49,7 +49,7 @@ def test_commit_floor_and_revoke() -> None:
     b.add(item("c", 0, partition=0, offset=9))
     assert b.first_offsets() == {("s", 0): 7, ("s", 1): 3}
     gone = b.drop_partitions({("s", 0)})
-    assert [p.frame.vehicle_id for p in gone] == ["a", "c"]
+    assert [p.vehicle_id for p in gone] == ["a", "c"]
     assert b.first_offsets() == {("s", 1): 3}
 
 

@@ -194,9 +194,9 @@ def test_history_keeps_the_answer_given_before_the_truth() -> None:
 
     store = HistoryStore(DEFAULT_SPEC, truth_every=1)
     for i in range(15):
-        store.add(SensorFrame("v", i, i * 10**8, float(i), 0.0, 10.0, 0.0, 0.0, 0.0), 0)
+        store.add_frame(SensorFrame("v", i, i * 10**8, float(i), 0.0, 10.0, 0.0, 0.0, 0.0), 0)
     assert store.score_awaiting(lambda x: np.full((len(x), 4, 2), 7.0, np.float32)) == 6
     for i in range(15, 60):
-        store.add(SensorFrame("v", i, i * 10**8, float(i), 0.0, 10.0, 0.0, 0.0, 0.0), 0)
+        store.add_frame(SensorFrame("v", i, i * 10**8, float(i), 0.0, 10.0, 0.0, 0.0, 0.0), 0)
     windows, _, preds = store.scored_truth()
     assert len(windows) > 6 and (preds[:6] == 7.0).all() and np.isnan(preds[6:]).all()

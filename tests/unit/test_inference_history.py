@@ -35,10 +35,10 @@ def test_window_layout_matches_input_spec() -> None:
     store = HistoryStore(SPEC)
     frames = list(straight("a", 12))
     for f in frames[: SPEC.history - 1]:
-        store.add(f, 0)
+        store.add_frame(f, 0)
         assert store.window("a") is None  # still warming up
     for f in frames[SPEC.history - 1 :]:
-        store.add(f, 0)
+        store.add_frame(f, 0)
     w = store.window("a")
     assert w is not None and w.shape == (SPEC.history, 7) and w.dtype == np.float32
     assert w[-1, 0] == 0.0 and w[0, 0] == pytest.approx(-0.9)  # dt, oldest first
@@ -50,8 +50,8 @@ def test_duplicates_are_not_appended() -> None:
     store = HistoryStore(SPEC)
     frames = list(straight("a", 10))
     for f in frames:
-        assert store.add(f, 0) == "ok"
-    assert store.add(frames[5], 0) == "out_of_order"
+        assert store.add_frame(f, 0) == "ok"
+    assert store.add_frame(frames[5], 0) == "out_of_order"
     assert store.window("a") is not None and store.unusable("a") is None
 
 
@@ -60,12 +60,12 @@ def test_a_gap_wider_than_the_specs_max_gap_makes_windows_unusable_until_it_slid
     store = HistoryStore(spec, truth_every=1)
     frames = list(straight("a", 10))
     for f in frames:
-        store.add(f, 0)
+        store.add_frame(f, 0)
     t = frames[-1].t_event_ns + 400_000_000  # 0.4 s > 0.35 s
-    assert store.add(SensorFrame("a", 10, t, 0, 0, 1, 0, 0, 0), 0) == "gap"
+    assert store.add_frame(SensorFrame("a", 10, t, 0, 0, 1, 0, 0, 0), 0) == "gap"
     for i in range(1, spec.history):
         assert store.unusable("a") == "gap", i
-        store.add(SensorFrame("a", 10 + i, t + i * DT_NS, 0, 0, 1, 0, 0, 0), 0)
+        store.add_frame(SensorFrame("a", 10 + i, t + i * DT_NS, 0, 0, 1, 0, 0, 0), 0)
     assert store.unusable("a") is None  # the gap left the window
 
 
@@ -73,7 +73,7 @@ def test_the_gap_limit_follows_the_serving_models_spec() -> None:
     store = HistoryStore(InputSpec(max_gap_s=0.35))
     for i, f in enumerate(straight("a", 12)):
         t = f.t_event_ns + (300_000_000 if i >= 5 else 0)  # one 0.4 s step
-        store.add(SensorFrame("a", f.seq, t, f.x, f.y, 10.0, 0.3, 0, 0), 0)
+        store.add_frame(SensorFrame("a", f.seq, t, f.x, f.y, 10.0, 0.3, 0, 0), 0)
     assert store.unusable("a") == "gap"
     store.set_spec(InputSpec(max_gap_s=0.5))  # a model trained with wider gaps
     assert store.unusable("a") is None
@@ -82,7 +82,7 @@ def test_the_gap_limit_follows_the_serving_models_spec() -> None:
 def test_ground_truth_is_interpolated_future_positions() -> None:
     store = HistoryStore(SPEC, truth_every=1)
     for f in straight("a", 60, v=10.0, heading=0.3):
-        store.add(f, 0)
+        store.add_frame(f, 0)
     windows, targets = store.truth()
     assert len(windows) > 10 and targets.shape[1:] == (len(SPEC.horizons_s), 2)
     for w, tgt in zip(windows, targets, strict=True):
@@ -95,11 +95,11 @@ def test_ground_truth_is_interpolated_future_positions() -> None:
 def test_revoked_partitions_drop_their_vehicles_only() -> None:
     store = HistoryStore(SPEC)
     for f in straight("a", 10):
-        store.add(f, 0)
+        store.add_frame(f, 0)
     for f in straight("b", 10):
-        store.add(f, 1)
+        store.add_frame(f, 1)
     assert store.drop_partitions({0}) == 1
     assert store.window("a") is None and store.window("b") is not None
     for f in straight("a", 3, t0=10**10):
-        store.add(f, 2)
+        store.add_frame(f, 2)
     assert store.window("a") is None  # new owner warms up again

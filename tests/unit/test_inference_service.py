@@ -143,9 +143,9 @@ def test_offset_advances_only_after_every_frame_of_the_record_is_answered() -> N
 
     svc.history.add = add_then_fail  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        svc._handle(record(7, [frame("a", 1), frame("a", 2)]), now_ns())
+        svc._handle_poll([record(7, [frame("a", 1), frame("a", 2)])])
     assert (TOPIC, 0) not in svc.output.next_offset  # the record is not done: never committable
-    svc._handle(record(8, [frame("b", 1)]), now_ns())
+    svc._handle_poll([record(8, [frame("b", 1)])])
     assert svc.output.next_offset[(TOPIC, 0)] == 9
 
 
@@ -194,7 +194,7 @@ def test_physics_answers_while_the_gate_finds_the_model_worse_and_the_model_afte
     svc, producer, _ = make_service()
     serve(svc, InputSpec(history=2))
     for seq in range(2):
-        svc._handle(record(seq, [frame("a", seq)]), now_ns())
+        svc._handle_poll([record(seq, [frame("a", seq)])])
     svc._answer_deferred()
     svc._flush_batches()
     verdict = Verdict(
@@ -202,11 +202,11 @@ def test_physics_answers_while_the_gate_finds_the_model_worse_and_the_model_afte
     )
     svc.gate._record(verdict)
     svc._verdict = svc.gate.verdict(svc.model.version)
-    svc._handle(record(2, [frame("a", 2)]), now_ns())
+    svc._handle_poll([record(2, [frame("a", 2)])])
     svc._flush_batches()
     svc.gate._record(Verdict(predictor=MODEL, version=svc.model.version))
     svc._verdict = svc.gate.verdict(svc.model.version)
-    svc._handle(record(3, [frame("a", 3)]), now_ns())
+    svc._handle_poll([record(3, [frame("a", 3)])])
     svc._flush_batches()
     answers = [(p.seq, p.source, p.reason, p.model_name) for p in producer.predictions()]
     assert answers[1:] == [
@@ -222,7 +222,7 @@ def test_window_wider_than_the_models_max_gap_falls_back_with_reason_gap() -> No
             9 * DT_NS + 500_000_000 + i * DT_NS for i in range(12)
         ]
         for seq, t in enumerate(times):
-            svc._handle(record(seq, [frame("a", seq, t)]), now_ns())
+            svc._handle_poll([record(seq, [frame("a", seq, t)])])
             svc._answer_deferred()  # what step() does after each poll
         return [p.reason for p in producer.predictions()]
 
@@ -244,7 +244,7 @@ def test_only_mismatched_windows_of_a_batch_fall_back() -> None:
     serve(svc, spec)
     deadline = now_ns() + 60 * 10**9
     items = [
-        Pending(
+        Pending.of(
             frame(v, 1), np.zeros((n, 7), np.float32), TOPIC, 0, i, now_ns(), now_ns(), deadline
         )
         for i, (v, n) in enumerate([("a", 10), ("b", 5), ("c", 10)])
@@ -258,7 +258,7 @@ def _waiting(svc: InferenceService, partition: int, offset: int, vid: str) -> No
     deadline = now_ns() + 60 * 10**9
     win = np.zeros((10, 7), np.float32)
     svc.batcher.add(
-        Pending(frame(vid, 1), win, TOPIC, partition, offset, now_ns(), now_ns(), deadline)
+        Pending.of(frame(vid, 1), win, TOPIC, partition, offset, now_ns(), now_ns(), deadline)
     )
     svc.output.next_offset[(TOPIC, partition)] = offset + 1
 
@@ -268,7 +268,7 @@ def test_revoke_answers_flushes_and_commits_inside_the_listener() -> None:
     serve(svc, InputSpec())
     _waiting(svc, 0, 41, "a")
     _waiting(svc, 1, 7, "b")
-    svc.history.add(frame("a", 1), 0)
+    svc.history.add_frame(frame("a", 1), 0)
 
     RebalanceDrain(svc).on_revoked({(TOPIC, 0)})
 
@@ -309,7 +309,7 @@ def test_stale_frames_of_one_poll_are_answered_together_in_arrival_order() -> No
     serve(svc, InputSpec(history=10))
     for seq in range(10):  # full windows: only lateness makes these frames fall back
         for v in vehicles:
-            svc.history.add(frame(v, seq), 0)
+            svc.history.add_frame(frame(v, seq), 0)
     runs: list[tuple[str, int]] = []
     fallback = svc.answerer.fallback
 
@@ -350,9 +350,9 @@ def test_records_of_a_partition_revoked_inside_the_poll_are_left_to_the_new_owne
 def test_an_implausible_frame_goes_to_deadletter_and_the_vehicle_keeps_being_served() -> None:
     svc, producer, _ = make_service()
     serve(svc, InputSpec(history=2))
-    svc._handle(record(0, [frame("a", 0)]), now_ns())
-    svc._handle(record(1, [frame("a", 1, 10**18)]), now_ns())  # stamped ~2000 years ahead
-    svc._handle(record(2, [frame("a", 2)]), now_ns())
+    svc._handle_poll([record(0, [frame("a", 0)])])
+    svc._handle_poll([record(1, [frame("a", 1, 10**18)])])  # stamped ~2000 years ahead
+    svc._handle_poll([record(2, [frame("a", 2)])])
     svc._flush_batches()
     dead = [v for t, v in producer.sent if t.endswith("deadletter")]
     assert len(dead) == 1 and b"implausible_time_jump" in dead[0]

@@ -48,7 +48,9 @@ def truth() -> tuple[np.ndarray, np.ndarray]:
     for v in range(4):
         for i in range(60):
             t = i / 10
-            store.add(SensorFrame(f"v{v}", i, i * 10**8, 8.0 * t, 3.0 * v, 8.0, 0.0, 0.0, 0.0), v)
+            store.add_frame(
+                SensorFrame(f"v{v}", i, i * 10**8, 8.0 * t, 3.0 * v, 8.0, 0.0, 0.0, 0.0), v
+            )
     return store.truth()
 
 

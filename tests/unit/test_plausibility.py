@@ -51,9 +51,9 @@ def test_two_forged_frames_from_the_future_freeze_no_vehicle():
 
 def test_serving_history_survives_a_frame_from_the_far_future():
     store = HistoryStore(DEFAULT_SPEC, truth_every=1)
-    statuses = [store.add(frame(k, k * S // 10), 0) for k in range(20)]
-    assert store.add(frame(20, FUTURE), 0).startswith("implausible_time_jump")
-    statuses += [store.add(frame(k, k * S // 10), 0) for k in range(20, 60)]
+    statuses = [store.add_frame(frame(k, k * S // 10), 0) for k in range(20)]
+    assert store.add_frame(frame(20, FUTURE), 0).startswith("implausible_time_jump")
+    statuses += [store.add_frame(frame(k, k * S // 10), 0) for k in range(20, 60)]
     assert set(statuses) == {"ok"}  # before the fix: every later frame was out_of_order
     assert store.unusable("car") is None
     assert len(store.truth()[0]) > 0
@@ -79,6 +79,6 @@ def test_training_and_serving_recover_from_two_forged_future_frames():
     after = len(win.add_many(good[60:]))
     assert after >= 15  # a fresh track after the restart back; before the fix: 0
     for f in good[:60] + forged:
-        store.add(f, 0)
-    statuses = [store.add(f, 0) for f in good[60:]]
+        store.add_frame(f, 0)
+    statuses = [store.add_frame(f, 0) for f in good[60:]]
     assert statuses[0] == "out_of_order" and set(statuses[1:]) == {"ok"}

@@ -7,6 +7,7 @@ import json
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from inference.batching import Pending
@@ -103,9 +104,9 @@ def test_serve_publishes_in_the_configured_layout_with_its_schema_tag(fmt: str) 
     producer = RecordingProducer()
     out.producer = producer  # type: ignore[assignment]
     frame = SensorFrame("car-1", 9, 10**18, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
-    item = Pending(frame, None, "sensors", 0, 5, 10**18 + 1, 10**18 + 2, 10**18 + 10**9)
+    item = Pending.of(frame, None, "sensors", 0, 5, 10**18 + 1, 10**18 + 2, 10**18 + 10**9)
     answer = Answer((0.5, 1.0), -1, ["cv"], "fallback", "warmup", 10**18 + 3, 10**18 + 4)
-    out.publish([item], [[0.5, 1.0]], [[0.0, 0.0]], answer)
+    out.publish([item], np.array([[[0.5, 0.0], [1.0, 0.0]]]), answer)
     ((topic, value, key, hdrs),) = producer.sent
     assert topic == "predictions" and key == "car-1"
     assert check_prediction_headers(hdrs) == fmt  # type: ignore[arg-type]
