@@ -32,6 +32,12 @@ from schemas.model_spec import InputSpec
 from schemas.sensor import FrameColumns, SensorFrame
 
 NS = window.NS
+LABEL_BATCH = 32
+"""Windows whose truth arrived are labelled together once this many wait..."""
+LABEL_DELAY_S = 0.25
+"""...or the oldest has waited this long: a poll of one frame does not label on its own."""
+_Label = tuple[int, int, int, "_Awaiting"]
+"""(slot, first and end row of its track, the window) of a window whose truth arrived."""
 
 
 @dataclass(slots=True, eq=False)
@@ -83,8 +89,6 @@ class _Batch:
         self.windows = Windows()
         self.window_slot: list[int] = []
         self.window_end: list[int] = []
-        self.labels: list[tuple[int, int, int, _Awaiting]] = []
-        """(slot, first and end row of its track, the window) per window now labelled."""
         self.awaiting: list[_Awaiting] = []
 
 
@@ -112,6 +116,12 @@ class HistoryStore:
         self._truth_lock = threading.Lock()
         self._unscored: deque[_Awaiting] = deque(maxlen=truth_capacity)
         """Awaiting windows the model has not predicted yet (appended here, scored off-loop)."""
+        self._labels: list[_Label] = []
+        """Windows whose truth arrived, labelled at a later store (:data:`LABEL_BATCH`)."""
+        self._label_since = 0.0
+        self._label_rows = 0
+        """Rows appended since the oldest of them: none of its vehicle's rows is overwritten
+        while this stays below the track length (rings hold twice that)."""
 
     def __len__(self) -> int:
         return len(self._vehicles)
@@ -144,6 +154,7 @@ class HistoryStore:
         for v in self._vehicles.values():
             v.gap_at = self._newest_gap(v)
         self._unscored.clear()
+        self._labels.clear()
         with self._truth_lock:
             self._truth.clear()
 
@@ -194,6 +205,11 @@ class HistoryStore:
         elif v.in_batch == self._track:  # a backlog of this vehicle: store what we have
             b = self._store()
             v.batch, v.in_batch = b.id, 0
+        if self._labels:
+            if self._label_rows >= self._track:  # label before their rows are overwritten
+                b = self._store(label=True)
+                v.batch, v.in_batch = b.id, 0
+            self._label_rows += 1
         b.at.append(self._rings.at(v.slot, v.n))
         b.frame.append(i)
         v.in_batch += 1
@@ -204,7 +220,9 @@ class HistoryStore:
             while v.pending and v.pending[0].t0 + self._horizon_ns <= t:
                 a = v.pending.popleft()
                 # read from the anchor on: the same labels as from the track's start
-                b.labels.append((v.slot, max(track, a.at), v.n, a))
+                if not self._labels:
+                    self._label_since, self._label_rows = self._clock(), 0
+                self._labels.append((v.slot, max(track, a.at), v.n, a))
         if v.count % self.truth_every == 0 and self._usable(v):
             awaiting = _Awaiting(t, v.n - 1, b.windows, self._book(b, v))
             v.pending.append(awaiting)
@@ -218,10 +236,11 @@ class HistoryStore:
         assert b is not None, "reserve() outside begin()/end()"
         return b.windows, self._book(b, self._vehicles[vehicle_id])
 
-    def end(self) -> None:
-        """Store the poll's rows, gather its windows, label what became ground truth."""
+    def end(self, label: bool = False) -> None:
+        """Store the poll's rows and gather its windows; label what became ground truth
+        once enough waits (:data:`LABEL_BATCH`, :data:`LABEL_DELAY_S`) or if ``label``."""
         if self._batch is not None:
-            self._store()
+            self._store(label)
             self._batch = None
 
     def _book(self, b: _Batch, v: _Vehicle) -> int:
@@ -229,8 +248,9 @@ class HistoryStore:
         b.window_end.append(v.n)
         return len(b.window_end) - 1
 
-    def _store(self) -> _Batch:
-        """Write, gather and label what the current batch holds; returns the next batch."""
+    def _store(self, label: bool = False) -> _Batch:
+        """Write and gather what the current batch holds, label the windows whose truth
+        arrived if enough wait (or ``label``); returns the next batch."""
         b = self._batch
         assert b is not None
         self._batch = None  # a failure below must not leave a half-stored batch behind
@@ -244,15 +264,22 @@ class HistoryStore:
             times, values = self._rings.read(np.array(b.window_slot), first, h)
             rows = np.concatenate([times[..., None].astype(np.float64), values], axis=-1)
             b.windows.array = window.window_rows(rows)
-        if b.labels:
-            self._label(b.labels)
+        if self._labels and (
+            label
+            or len(self._labels) >= LABEL_BATCH
+            or self._clock() - self._label_since >= LABEL_DELAY_S
+        ):
+            self._flush_labels()
         self._unscored.extend(b.awaiting)
         self._batches += 1
         self._batch = _Batch(b.frames, b.x, b.y, self._batches)
         return self._batch
 
-    def _label(self, labels: list[tuple[int, int, int, _Awaiting]]) -> None:
+    def _flush_labels(self) -> None:
         """Ground truth of every window whose longest horizon arrived."""
+        labels, self._labels = self._labels, []
+        if not labels:
+            return
         slot, first, end = (np.array(c, np.int64) for c in list(zip(*labels, strict=True))[:3])
         awaiting = [q[3] for q in labels]
         lengths = end - first
@@ -271,12 +298,12 @@ class HistoryStore:
     # --- between polls -----------------------------------------------------------------
     def add_frame(self, frame: SensorFrame, partition: int) -> str:
         """:meth:`add` for one frame outside the serving loop (tests, seeding): a poll of
-        its own."""
+        its own, its ground truth labelled at once."""
         self.begin(FrameColumns.of([[frame]]))
         try:
             return self.add(0, partition)
         finally:
-            self.end()
+            self.end(label=True)
 
     def unusable(self, vehicle_id: str) -> str | None:
         """Why the vehicle's window cannot go to the model ('warmup' or 'gap'), else None."""
@@ -359,6 +386,8 @@ class HistoryStore:
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget vehicles last seen on ``partitions`` (revoked); returns how many."""
         gone = [vid for vid, v in self._vehicles.items() if v.partition in partitions]
+        if gone:  # their slots are reused: label what waits now (between polls: all stored)
+            self._flush_labels()
         for vid in gone:
             self._rings.give_back(self._vehicles.pop(vid).slot)
         return len(gone)

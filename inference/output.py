@@ -93,7 +93,9 @@ class Output:
             if self.config.exactly_once
             else {}
         )
-        self.producer = Producer(settings, on_failure=self._refused, **txn).connect()
+        self.producer = Producer(
+            settings, on_failure=self._refused, delivery_report_only_error=True, **txn
+        ).connect()
 
     def close(self) -> None:
         """Close the producer (it flushes); the consumer must be closed first (its revoke
@@ -111,7 +113,7 @@ class Output:
         flushes.
 
         The batch is encoded in one pass and t_published_ns stamped once for it, right
-        before its records are produced (librdkafka still takes them one by one). Counters
+        before its records are produced. Counters
         and latency histograms are updated once for the whole batch. They count records
         handed to the producer; a record that then fails to deliver stops the service at
         the next check (see check_delivery), uncommitted.
@@ -138,9 +140,7 @@ class Output:
             answer.horizons,
             points,
         )
-        send, topic, hdrs = producer.send, self.config.predictions_topic, self._headers
-        for value, vid in zip(values, vids, strict=True):
-            send(topic, value, vid, hdrs)
+        producer.send_many(self.config.predictions_topic, values, vids, self._headers)
         self._account(cols, t_pub, answer)
 
     def _account(self, cols: np.ndarray, t_pub: int, answer: Answer) -> None:

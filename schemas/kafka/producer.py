@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import confluent_kafka
@@ -49,7 +49,9 @@ class Producer:
     offsets after a flush compares the count before and after, so a lost record is never
     committed past. ``on_failure`` sees each failure first (on the thread that polls or
     flushes) and may deal with it instead, e.g. by sending a smaller record. Overrides are
-    librdkafka settings with dots as underscores (``linger_ms=5``).
+    librdkafka settings with dots as underscores (``linger_ms=5``);
+    ``delivery_report_only_error=True`` spares a Python callback per delivered record (failures
+    are still reported), for senders that never wait on one record (not send_and_wait).
     """
 
     def __init__(
@@ -63,6 +65,10 @@ class Producer:
         self._config = librdkafka_config(PRODUCER_DEFAULTS, settings, overrides, self._errors)
         self._producer: confluent_kafka.Producer | None = None
         self._ready = str(self._config.get("enable.idempotence")).lower() not in ("true", "1")
+        self._only_errors = str(self._config.get("delivery.report.only.error")).lower() in (
+            "true",
+            "1",
+        )
         self.failures = 0
         self.last_error: ProduceError | None = None
 
@@ -134,6 +140,21 @@ class Producer:
         ``message.max.bytes``, say).
         """
         self._produce(topic, value, key, headers, partition, self._on_delivery)
+        self._serve_reports()
+
+    def send_many(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        keys: Sequence[bytes | str | None],
+        headers: Headers | None = None,
+    ) -> None:
+        """:meth:`send` for a batch: every record is queued, then delivery reports are
+        served once (not once per record)."""
+        deliver = self._on_delivery
+        for value, key in zip(values, keys, strict=True):
+            self._produce(topic, value, key, headers, None, deliver)
+        self._serve_reports()
 
     def send_and_wait(
         self,
@@ -149,6 +170,8 @@ class Producer:
 
         Raises :class:`ProduceError` when it fails or is not acknowledged in time.
         """
+        if self._only_errors:
+            raise RuntimeError("send_and_wait needs delivery reports of successes too")
         result: list[Any] = []
 
         def done(err: Any, msg: Any) -> None:
@@ -190,8 +213,10 @@ class Producer:
                 client.poll(0.05)
             except confluent_kafka.KafkaException as exc:  # refused at once (size, topic name)
                 raise _produce_error(exc.args[0], topic) from exc
+
+    def _serve_reports(self) -> None:
         if not self._in_callback:  # a poll nested in a callback's poll aborts confluent-kafka
-            client.poll(0)
+            self.client.poll(0)
 
     @property
     def transactional(self) -> bool:

@@ -99,6 +99,24 @@ def test_failed_deliveries_are_counted(kafka_settings, topic_factory):
         assert "MSG_SIZE_TOO_LARGE" in str(producer.last_error)
 
 
+def test_send_many_reporting_only_errors_still_counts_failures(kafka_settings, topic_factory):
+    """The serving producer's way: batches through send_many, no delivery report for a
+    record that arrived, but a lost one is still counted, and waiting on one is refused."""
+    topic = topic_factory()
+    with Producer(
+        kafka_settings, message_max_bytes=8 * 1024 * 1024, delivery_report_only_error=True
+    ) as producer:
+        producer.send_many(topic, [b"%d" % i for i in range(100)], [f"k{i}" for i in range(100)])
+        producer.send_many(topic, [b"y" * (3 * 1024 * 1024)], [None])
+        producer.flush()
+        assert producer.failures == 1 and "MSG_SIZE_TOO_LARGE" in str(producer.last_error)
+        with pytest.raises(RuntimeError, match="delivery reports"):
+            producer.send_and_wait(topic, b"one")
+    got = consume_n(kafka_settings, topic, 100)
+    assert sorted(int(m.value) for m in got) == list(range(100))
+    assert {m.key for m in got} == {b"k%d" % i for i in range(100)}
+
+
 def test_connect_waits_for_the_idempotent_producer_id(kafka_settings, topic_factory):
     """connect() returns once librdkafka reports the producer id (else it raises after its
     timeout), so a latency-critical sender's first record is not held back."""

@@ -17,7 +17,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from inference.history import HistoryStore
+from inference.history import LABEL_BATCH, LABEL_DELAY_S, HistoryStore
 from schemas import plausibility, window
 from schemas.model_spec import InputSpec
 from schemas.sensor import FrameColumns, SensorFrame
@@ -164,9 +164,24 @@ class Fleet:
         return SensorFrame(vid, seq, t, x, y, 10.0, 0.1, self.rng.uniform(-0.2, 0.2), 0.0)
 
 
-def _same_truth(store: HistoryStore, ref: DequeHistory, within_s: float | None = None) -> int:
+def _same_truth(
+    store: HistoryStore, ref: DequeHistory, within_s: float | None = None, deferred: bool = False
+) -> int:
+    """The store's ground truth is the reference's; ``deferred``: its oldest part (labels
+    wait for a batch), with a model answer where the reference has one (a window scored
+    while its label waited has one too)."""
     windows, targets, preds = store.scored_truth(within_s)
     items = [it for it in ref.truth if within_s is None or it[2] >= ref.clock() - within_s]
+    if deferred:
+        items = items[: len(windows)]
+        assert len(windows) == len(items)
+        if items:
+            np.testing.assert_array_equal(windows, np.stack([it[0] for it in items]))
+            np.testing.assert_array_equal(targets, np.stack([it[1] for it in items]))
+            for pred, it in zip(preds, items, strict=True):
+                if it[3] is not None:
+                    np.testing.assert_array_equal(pred, it[3])
+        return len(items)
     assert len(windows) == len(items)
     if items:
         np.testing.assert_array_equal(windows, np.stack([it[0] for it in items]))
@@ -185,8 +200,12 @@ SPECS = [
 ]
 
 
+@pytest.mark.parametrize("deferred", [False, True], ids=["labelled-per-poll", "deferred"])
 @pytest.mark.parametrize("seed", range(4))
-def test_ring_history_matches_the_deque_history_frame_by_frame(seed: int) -> None:
+def test_ring_history_matches_the_deque_history_frame_by_frame(seed: int, deferred: bool) -> None:
+    """Poll by poll, the same statuses, windows and ground truth as the deque history;
+    ``deferred``: as the serving loop labels (in batches, across polls of up to 300 frames,
+    so labels wait while rings wrap), the same truth, later."""
     rng = random.Random(seed)
     now = [1000.0]
     clock = lambda: now[0]  # noqa: E731
@@ -215,7 +234,9 @@ def test_ring_history_matches_the_deque_history_frame_by_frame(seed: int) -> Non
             want = ref.window(f.vehicle_id)
             if want is not None:  # over a gap too: the window is the same, only unusable
                 booked.append((store.reserve(f.vehicle_id), want))
-        store.end()
+        store.end(label=not deferred)
+        pending = len(store._labels)
+        assert pending < LABEL_BATCH if deferred else pending == 0
         for (windows, row), want in booked:
             np.testing.assert_array_equal(windows.array[row], want)
             checked += 1
@@ -232,9 +253,16 @@ def test_ring_history_matches_the_deque_history_frame_by_frame(seed: int) -> Non
             store.set_spec(k_spec)
             ref.set_spec(k_spec)
             k = len(spec.horizons_s)
-        labelled = max(labelled, _same_truth(store, ref))
-        _same_truth(store, ref, within_s=2.0)
+        labelled = max(labelled, _same_truth(store, ref, deferred=deferred))
+        if not deferred:
+            _same_truth(store, ref, within_s=2.0)
     assert checked > 500 and labelled > 50, (checked, labelled)
+    if deferred:  # everything waiting is labelled by the next store of a quarter second on
+        now[0] += LABEL_DELAY_S
+        store.begin(FrameColumns.of([]))
+        store.end()
+        assert not store._labels
+        assert _same_truth(store, ref, deferred=True) == len(ref.truth)
     assert max(len(v) for v in fleet.sent.values()) > 2 * store._rings.capacity  # wrapped
 
 
@@ -260,3 +288,34 @@ def test_a_vehicle_with_more_frames_in_one_poll_than_its_ring_holds() -> None:
     assert len(got) == len(ref.truth) > 600
     np.testing.assert_array_equal(got, np.stack([it[0] for it in ref.truth]))
     np.testing.assert_array_equal(targets, np.stack([it[1] for it in ref.truth]))
+
+
+def test_labels_waiting_for_their_batch_survive_a_rebalance_that_reuses_the_slot() -> None:
+    """A revoked vehicle's windows whose truth arrived are labelled before its ring slot
+    goes to another vehicle, whose rows would overwrite the track they read."""
+    spec = InputSpec()
+    store = HistoryStore(spec, truth_every=1, clock=lambda: 0.0)  # time never forces a label
+    ref = DequeHistory(spec, truth_every=1, clock=lambda: 0.0)
+
+    def poll(frames: list[SensorFrame], partition: int) -> None:
+        store.begin(FrameColumns.of([[f] for f in frames]))
+        for i, f in enumerate(frames):
+            assert store.add(i, partition) == ref.add(f, partition)
+        store.end()
+
+    def drive(vid: str, seqs: range, x0: float) -> list[SensorFrame]:
+        return [
+            SensorFrame(vid, s, T0 + s * S // 10, x0 + s, 0.0, 10.0, 0.0, 0.0, 0.0) for s in seqs
+        ]
+
+    first = spec.history + round(spec.max_horizon_s * spec.rate_hz)
+    for f in drive("a", range(first + 5), 0.0):  # a few windows' truth arrives, one per poll
+        poll([f], 0)
+    assert 0 < len(store._labels) < LABEL_BATCH and len(store.truth()[0]) == 0
+    store.drop_partitions({0})
+    ref.drop_partitions({0})
+    for f in drive("b", range(2 * store._rings.capacity), 5e5):  # takes a's slot, wraps it
+        poll([f], 1)
+    store.begin(FrameColumns.of([]))
+    store.end(label=True)
+    assert _same_truth(store, ref, deferred=True) == len(ref.truth) > 5

@@ -41,6 +41,10 @@ class FakeProducer:
     def send(self, topic, value, key=None, headers=None, partition=None) -> None:
         self.sent.append((topic, value))
 
+    def send_many(self, topic, values, keys, headers=None) -> None:
+        for value, key in zip(values, keys, strict=True):
+            self.send(topic, value, key, headers)
+
     def poll(self) -> None:
         for exc in self.reports:
             self.failures += 1

@@ -97,6 +97,10 @@ class RecordingProducer:
     def send(self, topic, value, key=None, headers=None, partition=None) -> None:
         self.sent.append((topic, value, key, headers))
 
+    def send_many(self, topic, values, keys, headers=None) -> None:
+        for value, key in zip(values, keys, strict=True):
+            self.send(topic, value, key, headers)
+
 
 @pytest.mark.parametrize("fmt", ["binary", "json"])
 def test_serve_publishes_in_the_configured_layout_with_its_schema_tag(fmt: str) -> None:
