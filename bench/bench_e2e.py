@@ -66,8 +66,10 @@ def load(
     rate: int,
     duration: float,
     at: tuple[float, Callable[[Producer], None]] | None = None,
+    budget_ms: float = 50.0,
 ) -> dict:
-    """Send frames at ``rate`` (vehicles at 10 Hz) and time their answers on ``dst``."""
+    """Send frames at ``rate`` (vehicles at 10 Hz) and time their answers on ``dst``;
+    ``over_budget_share``: answers later than ``budget_ms`` after their frame was sent."""
     vehicles = max(1, rate // 10)
     total = int(rate * duration)
     got: list[tuple[int, int, str, str]] = []  # (t_produce, t_recv, source, reason)
@@ -123,6 +125,7 @@ def load(
         "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
         "max_ms": round(float(lat.max()), 2) if len(lat) else None,
+        "over_budget_share": round(float((lat > budget_ms).mean()), 4) if len(lat) else None,
         "fallback_share": round(sum(reasons.values()) / max(1, len(steady)), 4),
         "fallback_reasons": reasons,
     }

@@ -10,9 +10,11 @@ vehicles at 10 Hz, latency = prediction received - the frame's ``t_produce_ns``)
 - ``peer``: the same job written with quixstreams (``bench/peer/quix_serve.py``, in its own
   virtualenv under ``~/.cache/drivestream``, built on first use), on the same ONNX model.
 
-Per system and rate: p50/p99/max, the median and worst p99 of each second, fallback share,
-unanswered frames, and CPU seconds per 10k frames of the system's processes (utime+stime
-from /proc over the measured window; the broker's beside it when this bench started it).
+Per system and rate: p50/p99/max, the median and worst p99 of each second, the share of
+answers later than serve's budget (for the floor: frames the transport alone makes late, which
+no service can answer in time), fallback share, unanswered frames, and CPU seconds per 10k
+frames of the system's processes (utime+stime from /proc over the measured window; the
+broker's beside it when this bench started it).
 Rounds are interleaved (each run does every rate and system, the system order rotating),
 so drift hits all alike. The backlog test pre-fills ``--backlog`` frames while the started,
 ready system is paused (SIGSTOP: joined, model loaded, nothing to do), resumes it and
@@ -251,7 +253,9 @@ def measure_rate(b: Bench, system: str, rate: int, duration: float | None = None
     t = fresh_topics(b, system)
     with running(b, system, t, b.args.budget_ms) as proc:
         cpu0, broker0 = cpu_seconds(proc.pid), b.broker_cpu()
-        res = e2e.load(b.settings, t.src, t.dst, rate, duration or b.args.duration)
+        res = e2e.load(
+            b.settings, t.src, t.dst, rate, duration or b.args.duration, budget_ms=b.args.budget_ms
+        )
         cpu1, broker1 = cpu_seconds(proc.pid), b.broker_cpu()
         exit_code = proc.poll()
     seconds = res.pop("p99_by_second_ms")[1:]  # second 0 holds the warm-up and the joins
@@ -338,46 +342,53 @@ def model_record(kind: str) -> bytes:
     return encode_envelope(envelope(onnx, 1))
 
 
-def _med(rows: list[dict], key: str) -> float | None:
+def _med(rows: list[dict], key: str, digits: int = 2) -> float | None:
     values = [r[key] for r in rows if r.get(key) is not None]
-    return round(statistics.median(values), 2) if values else None
+    return round(statistics.median(values), digits) if values else None
 
 
 def _cell(v: object) -> str:
     return "–" if v is None else str(v)
 
 
+def _share(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2%}"
+
+
 def tables(rows: list[dict], backlog: list[dict], systems: list[str]) -> str:
     """The markdown tables: medians over runs (unanswered: the sum)."""
     out: list[str] = []
     rates = sorted({r["rate"] for r in rows})
-    cols = "| rate | floor p99 | drivestream p99 (x floor) | peer p99 | drivestream CPU s/10k "
-    out += [cols + "| peer CPU s/10k |", "|---:|---:|---:|---:|---:|---:|"]
+    cols = "| rate | floor p99 | drivestream p99 (x floor) | peer p99 | floor over budget "
+    cols += "| drivestream fallback | drivestream CPU s/10k | peer CPU s/10k |"
+    out += [cols, "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rate in rates:
         m = {s: [r for r in rows if r["rate"] == rate and r["system"] == s] for s in SYSTEMS}
         floor, serve, peer = (_med(m[s], "p99_ms") for s in SYSTEMS)
         ratio = f" ({serve / floor:.1f}x)" if serve is not None and floor else ""
         out.append(
             f"| {rate} | {_cell(floor)} | {_cell(serve)}{ratio} | {_cell(peer)} | "
+            f"{_share(_med(m['floor'], 'over_budget_share', 4))} | "
+            f"{_share(_med(m['serve'], 'fallback_share', 4))} | "
             f"{_cell(_med(m['serve'], 'cpu_s_per_10k'))} | "
             f"{_cell(_med(m['peer'], 'cpu_s_per_10k'))} |"
         )
     keys = ("p50_ms", "p99_ms", "max_ms", "p99_by_second_median_ms", "p99_by_second_worst_ms")
     out += [
         "",
-        "| system | rate | runs | p50 | p99 | max | p99/s median | p99/s worst | fallback "
-        "| unanswered | CPU s/10k | broker CPU s/10k |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | rate | runs | p50 | p99 | max | p99/s median | p99/s worst | over budget "
+        "| fallback | unanswered | CPU s/10k | broker CPU s/10k |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rate in rates:
         for s in systems:
             rs = [r for r in rows if r["rate"] == rate and r["system"] == s]
             if rs:
-                share = _med(rs, "fallback_share")
+                share = _med(rs, "fallback_share", 4)
                 cells = [_cell(_med(rs, k)) for k in keys]
                 out.append(
                     f"| {s} | {rate} | {len(rs)} | {' | '.join(cells)} | "
-                    f"{'–' if share is None else f'{share:.1%}'} | "
+                    f"{_share(_med(rs, 'over_budget_share', 4))} | {_share(share)} | "
                     f"{sum(r['unanswered'] for r in rs)} | {_cell(_med(rs, 'cpu_s_per_10k'))} | "
                     f"{_cell(_med(rs, 'broker_cpu_s_per_10k'))} |"
                 )
@@ -395,7 +406,8 @@ def tables(rows: list[dict], backlog: list[dict], systems: list[str]) -> str:
                     f"| {s} | {_cell(_med(rs, 'frames_per_s'))} | "
                     f"{_cell(_med(rs, 'cpu_s_per_10k'))} | "
                     f"{_cell(_med(rs, 'broker_cpu_s_per_10k'))} | "
-                    f"{_med(rs, 'fallback_share') or 0:.1%} | {sum(r['unanswered'] for r in rs)} |"
+                    f"{_share(_med(rs, 'fallback_share', 4))} | "
+                    f"{sum(r['unanswered'] for r in rs)} |"
                 )
     return "\n".join(out)
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from schemas.sensor import FrameColumns, SensorFrame
+from schemas.sensor import SensorFrame
+from schemas.sensor_columns import FrameColumns
 
 
 class Windows:

@@ -29,7 +29,8 @@ from inference.batching import Windows, stack_rows
 from inference.rings import STATE, Rings
 from schemas import plausibility, window
 from schemas.model_spec import InputSpec
-from schemas.sensor import FrameColumns, SensorFrame
+from schemas.sensor import SensorFrame
+from schemas.sensor_columns import FrameColumns
 
 NS = window.NS
 LABEL_BATCH = 32

@@ -37,7 +37,7 @@ from schemas.errors import ValidationError
 from schemas.headers import now_ns
 from schemas.kafka import Consumer, KafkaSettings, Message
 from schemas.model_spec import DEFAULT_SPEC
-from schemas.sensor import FrameColumns, check_frame_headers_many, decode_columns
+from schemas.sensor_columns import FrameColumns, check_frame_headers_many, decode_columns
 
 log = logging.getLogger(__name__)
 

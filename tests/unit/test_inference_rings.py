@@ -20,7 +20,8 @@ import pytest
 from inference.history import LABEL_BATCH, LABEL_DELAY_S, HistoryStore
 from schemas import plausibility, window
 from schemas.model_spec import InputSpec
-from schemas.sensor import FrameColumns, SensorFrame
+from schemas.sensor import SensorFrame
+from schemas.sensor_columns import FrameColumns
 
 S = window.NS
 T0 = 1_700_000_000 * S  # epoch nanoseconds: float rounding shows if anything is off

@@ -14,17 +14,16 @@ import struct
 
 import pytest
 
-from schemas import headers, sensor
+from schemas import headers, sensor, sensor_columns
 from schemas.errors import ValidationError
 from schemas.sensor import (
     SensorFrame,
     check_frame_headers,
-    check_frame_headers_many,
-    decode_columns,
     decode_frames,
     encode_frames,
     frame_headers,
 )
+from schemas.sensor_columns import check_frame_headers_many, decode_columns
 from tests.unit.test_hostile_records import _random_headers
 
 BODY = struct.Struct("<qq6d2db")
@@ -161,7 +160,7 @@ def test_valid_records_never_take_the_per_record_path(monkeypatch):
         calls.append(value)
         return real(value, validate)
 
-    monkeypatch.setattr(sensor, "decode_frames", counting)
+    monkeypatch.setattr(sensor_columns, "decode_frames", counting)
     cols = decode_columns(good + bad)
     assert calls == bad
     assert len(cols) == sum(len(real(v)) for v in good)
