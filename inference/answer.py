@@ -47,7 +47,7 @@ class Answerer:
         """Can the model still answer this frame within its budget?"""
         shape = self.config.padded(min(batch, self.config.max_batch))
         cost = self.cost_ns.get(shape, 1 * MS)
-        return now + wait_ns + cost + self._margin_ns <= item.deadline_ns
+        return now + wait_ns + cost + self._margin_ns <= item.origin.deadline_ns
 
     def batch(self, model: LoadedModel, items: list[Pending]) -> None:
         """Answer ``items`` with one model run; late or unfit frames fall back."""
@@ -58,7 +58,7 @@ class Answerer:
         # in_time() for the whole batch at once: same shape, same cost for every item
         shape = self.config.padded(min(len(items), self.config.max_batch))
         limit = now + self.cost_ns.get(shape, 1 * MS) + self._margin_ns
-        late = [it.deadline_ns < limit for it in items]
+        late = [it.origin.deadline_ns < limit for it in items]
         if any(late):
             self.fallback([it for it, x in zip(items, late, strict=True) if x], "late", horizons)
             items = [it for it, x in zip(items, late, strict=True) if not x]

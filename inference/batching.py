@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -24,9 +25,20 @@ class Windows:
         self.array = array
 
 
+class Origin(NamedTuple):
+    """The record a frame came in, and its stamps: one per record, shared by its frames."""
+
+    topic: str
+    partition: int
+    offset: int
+    t_produce_ns: int
+    t_consumed_ns: int
+    deadline_ns: int
+
+
 @dataclass(slots=True, eq=False)
 class Pending:
-    """One frame waiting for an answer, with where it came from and its stamps.
+    """One frame waiting for an answer, and the record it came in.
 
     Its values stay in its poll's columns (``frames``, row ``index``) and its model window
     in its poll's windows (``window``, row ``row``): nothing is copied per frame.
@@ -39,12 +51,7 @@ class Pending:
     index: int
     window: Windows | None
     row: int
-    topic: str
-    partition: int
-    offset: int
-    t_produce_ns: int
-    t_consumed_ns: int
-    deadline_ns: int
+    origin: Origin
 
     @classmethod
     def of(
@@ -61,10 +68,8 @@ class Pending:
         """One frame on its own, outside a poll (tests)."""
         w = None if window is None else Windows(np.asarray(window)[None])
         f = FrameColumns.of([[frame]])
-        return cls(
-            frame.vehicle_id, frame.seq, frame.t_event_ns, f, 0, w, 0, topic, partition, offset,
-            t_produce_ns, t_consumed_ns, deadline_ns,
-        )  # fmt: skip
+        origin = Origin(topic, partition, offset, t_produce_ns, t_consumed_ns, deadline_ns)
+        return cls(frame.vehicle_id, frame.seq, frame.t_event_ns, f, 0, w, 0, origin)
 
 
 def stack_rows(rows: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
@@ -109,7 +114,7 @@ class MicroBatcher:
             return False
         if len(self._items) >= self.max_batch:
             return True
-        return now_ns - self._items[0].t_consumed_ns >= self.max_wait_ns
+        return now_ns - self._items[0].origin.t_consumed_ns >= self.max_wait_ns
 
     def wait_ns(self, now_ns: int) -> int | None:
         """Time until the current batch is due (0 if due now), None when empty."""
@@ -117,7 +122,7 @@ class MicroBatcher:
             return None
         if len(self._items) >= self.max_batch:
             return 0
-        return max(0, self._items[0].t_consumed_ns + self.max_wait_ns - now_ns)
+        return max(0, self._items[0].origin.t_consumed_ns + self.max_wait_ns - now_ns)
 
     def take(self) -> list[Pending]:
         n = min(self.max_batch, len(self._items))
@@ -132,9 +137,10 @@ class MicroBatcher:
         """Oldest waiting offset per (topic, partition): commits must stay below it."""
         out: dict[tuple[str, int], int] = {}
         for it in self._items:
-            key = (it.topic, it.partition)
-            if key not in out or it.offset < out[key]:
-                out[key] = it.offset
+            o = it.origin
+            key = (o.topic, o.partition)
+            if key not in out or o.offset < out[key]:
+                out[key] = o.offset
         return out
 
     def drop_partitions(self, keys: set[tuple[str, int]]) -> list[Pending]:
@@ -142,6 +148,6 @@ class MicroBatcher:
         keep: deque[Pending] = deque()
         gone: list[Pending] = []
         for it in self._items:
-            (gone if (it.topic, it.partition) in keys else keep).append(it)
+            (gone if (it.origin.topic, it.origin.partition) in keys else keep).append(it)
         self._items = keep
         return gone

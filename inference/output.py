@@ -288,9 +288,7 @@ def _columns(items: Sequence[Pending]) -> np.ndarray:
     """``[n, 5]`` int64 of a batch: seq, t_event_ns, t_produce_ns, t_consumed_ns and
     deadline_ns. Only a deadline can pass int64 (validation bounds the rest): it is then
     clamped to [0, 2**62], which judges lateness the same."""
-    rows = [
-        (it.seq, it.t_event_ns, it.t_produce_ns, it.t_consumed_ns, it.deadline_ns) for it in items
-    ]
+    rows = [(it.seq, it.t_event_ns, *it.origin[3:]) for it in items]
     try:
         return np.array(rows, np.int64)
     except OverflowError:

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from inference.answer import Answerer
-from inference.batching import MicroBatcher, Pending
+from inference.batching import MicroBatcher, Origin, Pending
 from inference.config import ServeConfig
 from inference.gate import MODEL, GatePolicy, PredictorGate, Verdict
 from inference.history import HistoryStore
@@ -344,6 +344,7 @@ class InferenceService:
             self.output.done(msg)
             return
         deadline = t_produce + self._budget_ns
+        origin = Origin(msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline)
         vids, seqs, times = frames.vehicle_id, frames.seq, frames.t_event_ns
         for i in range(frames.bounds[r], frames.bounds[r + 1]):
             status = self.history.add(i, msg.partition)
@@ -351,15 +352,11 @@ class InferenceService:
                 why = ValidationError("t_event_ns/seq/x/y", status)
                 self.output.dead_letter(msg, f"frame {vids[i]!r} seq {seqs[i]}: {why}", why)
                 continue
-            item = Pending(
-                vids[i], seqs[i], times[i], frames, i, None, 0,
-                msg.topic, msg.partition, msg.offset, t_produce, t_consumed, deadline,
-            )  # fmt: skip
-            self._route(item, status)
+            self._route(Pending(vids[i], seqs[i], times[i], frames, i, None, 0, origin), status)
         self.output.done(msg)
 
     def _route(self, item: Pending, status: str) -> None:
-        vid, now = item.vehicle_id, item.t_consumed_ns
+        vid, now = item.vehicle_id, item.origin.t_consumed_ns
         if self.model is None:
             self._deferred.append((item, "no_model"))
         elif status == "out_of_order":

@@ -279,7 +279,7 @@ def test_revoke_answers_flushes_and_commits_inside_the_listener() -> None:
     preds = producer.predictions()
     assert [(p.vehicle_id, p.source, p.reason) for p in preds] == [("a", "fallback", "rebalance")]
     assert producer.events == ["flush", "commit"] and consumer.commits == [{(TOPIC, 0): 42}]
-    assert [it.partition for it in svc.batcher.drain()] == [1]  # partition 1 keeps waiting
+    assert [it.origin.partition for it in svc.batcher.drain()] == [1]  # partition 1 keeps waiting
     assert svc.assigned == {(TOPIC, 1)} and len(svc.history) == 0
     assert (TOPIC, 0) not in svc.output.next_offset
 
