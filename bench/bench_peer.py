@@ -16,13 +16,16 @@ no service can answer in time), fallback share, unanswered frames, and CPU secon
 frames of the system's processes (utime+stime from /proc over the measured window; the
 broker's beside it when this bench started it).
 Rounds are interleaved (each run does every rate and system, the system order rotating),
-so drift hits all alike. The backlog test pre-fills ``--backlog`` frames while the started,
-ready system is paused (SIGSTOP: joined, model loaded, nothing to do), resumes it and
-measures frames/s and CPU until every frame is answered; serve runs it with a budget that
-makes no frame late (``--backlog-budget-ms``), so it does the model's work like the others.
+so drift hits all alike. The idle test (``--idle`` s) reads each ready system's CPU while
+no frame comes: the constant a low rate pays on top of its frames. The backlog test
+pre-fills ``--backlog`` frames while the started, ready system is paused (SIGSTOP: joined,
+model loaded, nothing to do), resumes it and measures frames/s and CPU until every frame is
+answered; serve runs it with a budget that makes no frame late (``--backlog-budget-ms``),
+so it does the model's work like the others.
 
     python bench/bench_peer.py [--systems floor,serve,peer] [--rates 1000,5000,10000]
-        [--duration 30] [--runs 3] [--backlog 30000] [--bootstrap HOST:PORT] [--json PATH]
+        [--duration 30] [--runs 3] [--backlog 30000] [--idle 10] [--bootstrap HOST:PORT]
+        [--json PATH]
 
 Without --bootstrap a fresh local broker (pipeline.broker) is started for the run.
 """
@@ -112,6 +115,18 @@ def cpu_seconds(pid: int) -> float:
             f = _stat(p)
             ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
     return ticks / _TICK
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, all) jiffies of the whole machine from /proc/stat: the share the hypervisor
+    gave to others while we wanted the CPU."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 2) if total > 0 else None
 
 
 class Procs:
@@ -252,11 +267,11 @@ def measure_rate(b: Bench, system: str, rate: int, duration: float | None = None
     answers, CPU."""
     t = fresh_topics(b, system)
     with running(b, system, t, b.args.budget_ms) as proc:
-        cpu0, broker0 = cpu_seconds(proc.pid), b.broker_cpu()
+        cpu0, broker0, ticks0 = cpu_seconds(proc.pid), b.broker_cpu(), cpu_ticks()
         res = e2e.load(
             b.settings, t.src, t.dst, rate, duration or b.args.duration, budget_ms=b.args.budget_ms
         )
-        cpu1, broker1 = cpu_seconds(proc.pid), b.broker_cpu()
+        cpu1, broker1, ticks1 = cpu_seconds(proc.pid), b.broker_cpu(), cpu_ticks()
         exit_code = proc.poll()
     seconds = res.pop("p99_by_second_ms")[1:]  # second 0 holds the warm-up and the joins
     return {
@@ -271,7 +286,25 @@ def measure_rate(b: Bench, system: str, rate: int, duration: float | None = None
         "broker_cpu_s_per_10k": per_10k(
             None if broker0 is None or broker1 is None else broker1 - broker0, res["sent"]
         ),
+        "steal_pct": steal_pct(ticks0, ticks1),
         "exit_code": exit_code,  # None: it ran to the end
+    }
+
+
+def measure_idle(b: Bench, system: str) -> dict:
+    """The system's CPU while ready and given no frames for ``--idle`` s (its fixed cost:
+    polling, timers, the Kafka client's own threads), as % of one core."""
+    t = fresh_topics(b, system)
+    with running(b, system, t, b.args.budget_ms) as proc:
+        time.sleep(2)  # past what starting and joining leave to settle
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(b.args.idle)
+        cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        exit_code = proc.poll()
+    return {
+        "system": system,
+        "idle_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+        "exit_code": exit_code,
     }
 
 
@@ -355,7 +388,7 @@ def _share(v: float | None) -> str:
     return "–" if v is None else f"{v:.2%}"
 
 
-def tables(rows: list[dict], backlog: list[dict], systems: list[str]) -> str:
+def tables(rows: list[dict], backlog: list[dict], systems: list[str], idle: list[dict] = ()) -> str:
     """The markdown tables: medians over runs (unanswered: the sum)."""
     out: list[str] = []
     rates = sorted({r["rate"] for r in rows})
@@ -377,8 +410,8 @@ def tables(rows: list[dict], backlog: list[dict], systems: list[str]) -> str:
     out += [
         "",
         "| system | rate | runs | p50 | p99 | max | p99/s median | p99/s worst | over budget "
-        "| fallback | unanswered | CPU s/10k | broker CPU s/10k |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fallback | unanswered | CPU s/10k | broker CPU s/10k | steal % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rate in rates:
         for s in systems:
@@ -390,8 +423,15 @@ def tables(rows: list[dict], backlog: list[dict], systems: list[str]) -> str:
                     f"| {s} | {rate} | {len(rs)} | {' | '.join(cells)} | "
                     f"{_share(_med(rs, 'over_budget_share', 4))} | {_share(share)} | "
                     f"{sum(r['unanswered'] for r in rs)} | {_cell(_med(rs, 'cpu_s_per_10k'))} | "
-                    f"{_cell(_med(rs, 'broker_cpu_s_per_10k'))} |"
+                    f"{_cell(_med(rs, 'broker_cpu_s_per_10k'))} | {_cell(_med(rs, 'steal_pct'))} |"
                 )
+    if idle:
+        out += ["", "idle, ready, no frames (median of runs):", "| system | CPU, % of a core |"]
+        out += ["|---|---:|"]
+        for s in systems:
+            rs = [r for r in idle if r["system"] == s]
+            if rs:
+                out.append(f"| {s} | {_cell(_med(rs, 'idle_cpu_pct'))} |")
     if backlog:
         out += [
             "",
@@ -424,6 +464,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--backlog", type=int, default=30_000, help="frames; 0 = no backlog test")
     p.add_argument("--backlog-vehicles", type=int, default=100)
+    p.add_argument("--idle", type=float, default=10.0, help="s of idle CPU; 0 = no idle test")
     p.add_argument("--backlog-budget-ms", type=float, default=1e9, help="serve's, backlog")
     p.add_argument("--budget-ms", type=float, default=50.0, help="serve's latency budget")
     p.add_argument("--max-batch", type=int, default=64, help="serve's micro-batch")
@@ -465,29 +506,34 @@ def main() -> None:
         b = Bench(args, bootstrap, procs, record, tmp / "model.onnx", peer, broker_pid)
         rows: list[dict] = []
         backlog: list[dict] = []
+        idle: list[dict] = []
         if args.warmup > 0:  # a fresh broker's JIT would otherwise tax whoever runs first
             print(f"warm-up: {args.warmup:g} s of floor load, discarded", flush=True)
             measure_rate(b, "floor", max(args.rates, default=1000), args.warmup)
         for run in range(1, args.runs + 1):
             k = (run - 1) % len(args.systems)
             order = args.systems[k:] + args.systems[:k]  # who goes first rotates
-            jobs: list[tuple[str, int | None]] = [(s, rate) for rate in args.rates for s in order]
-            jobs += [(s, None) for s in order] if args.backlog else []
+            jobs: list[tuple[str, int | str]] = [(s, rate) for rate in args.rates for s in order]
+            jobs += [(s, "backlog") for s in order] if args.backlog else []
+            jobs += [(s, "idle") for s in order] if args.idle else []
             for s, rate in jobs:
-                if rate is None:
+                if rate == "backlog":
                     backlog.append(row := {"run": run, **measure_backlog(b, s)})
+                elif rate == "idle":
+                    idle.append(row := {"run": run, **measure_idle(b, s)})
                 else:
-                    rows.append(row := {"run": run, **measure_rate(b, s, rate)})
-                label = "backlog" if rate is None else f"{rate}/s"
+                    rows.append(row := {"run": run, **measure_rate(b, s, int(rate))})
+                label = rate if isinstance(rate, str) else f"{rate}/s"
                 if row["exit_code"] is not None:
                     print(f"warning: {s} exited with {row['exit_code']} during the measurement")
                 print(f"run {run}: {s} {label}: {json.dumps(row)}", flush=True)
         print()
-        print(tables(rows, backlog, args.systems))
+        print(tables(rows, backlog, args.systems, idle))
         if args.json:
             config = {k: v for k, v in vars(args).items() if k != "json"}
             config["peer_requirements"] = PEER_REQUIREMENTS
             doc = {"config": config, "bootstrap": bootstrap, "rates": rows, "backlog": backlog}
+            doc["idle"] = idle
             Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
             print(f"\nwrote {args.json}")
 

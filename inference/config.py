@@ -75,7 +75,9 @@ class ServeConfig:
         0.1, "reject a model > this fraction worse than the serving one (or physics)"
     )
     min_truth_samples: int = setting(16, "ground-truth windows needed before comparing accuracy")
-    truth_capacity: int = setting(4096, "recent ground-truth windows kept")
+    truth_capacity: int = setting(
+        4096, "recent ground-truth windows kept (at most this many per gate_window_s are made)"
+    )
     truth_every: int = setting(2, "keep every N-th window of a vehicle as ground truth")
     gate: bool = setting(
         True,

@@ -4,8 +4,10 @@ Windows, the gap test and labels are the :mod:`schemas.window` contract the trai
 from: a window with a gap wider than the spec's ``max_gap_s`` never goes to the model, and
 :meth:`HistoryStore.unusable` says "gap" until the gap slides out of the window. Ground
 truth for swap validation and the never-worse gate: every ``truth_every``-th gap-free window
-of a vehicle is kept until the vehicle's position at every horizon has arrived, then the
-window, its time-interpolated future positions and when it was labelled go into a ring.
+of a vehicle (at most ``truth_per_s`` a second across the fleet, so a busy fleet does not
+label windows the ring would drop unused) is kept until the vehicle's position at every
+horizon has arrived, then the window, its time-interpolated future positions and when it
+was labelled go into a ring.
 
 A poll at a time: :meth:`~HistoryStore.begin` takes its decoded columns,
 :meth:`~HistoryStore.add` judges each frame in order (plausibility and gaps are per-vehicle
@@ -37,6 +39,8 @@ LABEL_BATCH = 32
 """Windows whose truth arrived are labelled together once this many wait..."""
 LABEL_DELAY_S = 0.25
 """...or the oldest has waited this long: a poll of one frame does not label on its own."""
+TRUTH_BURST = 64
+"""Truth windows that may be booked at once when ``truth_per_s`` caps them."""
 _Label = tuple[int, int, int, "_Awaiting"]
 """(slot, first and end row of its track, the window) of a window whose truth arrived."""
 
@@ -103,10 +107,14 @@ class HistoryStore:
         truth_every: int = 5,
         clock: Callable[[], float] = time.monotonic,
         limits: plausibility.Limits | None = None,
+        truth_per_s: float | None = None,
     ) -> None:
         self.spec = spec
         self.limits = limits or plausibility.Limits()
         self.truth_every = truth_every
+        self.truth_per_s = truth_per_s
+        """At most this many truth windows booked per second (fleet-wide), if set."""
+        self._tokens, self._tokens_at = float(TRUTH_BURST), clock()
         self._clock = clock
         self._vehicles: dict[str, _Vehicle] = {}
         self._derive()
@@ -224,11 +232,23 @@ class HistoryStore:
                 if not self._labels:
                     self._label_since, self._label_rows = self._clock(), 0
                 self._labels.append((v.slot, max(track, a.at), v.n, a))
-        if v.count % self.truth_every == 0 and self._usable(v):
+        if v.count % self.truth_every == 0 and self._usable(v) and self._truth_token():
             awaiting = _Awaiting(t, v.n - 1, b.windows, self._book(b, v))
             v.pending.append(awaiting)
             b.awaiting.append(awaiting)
         return status
+
+    def _truth_token(self) -> bool:
+        """May one more window become ground truth now (``truth_per_s``'s token bucket)?"""
+        if self.truth_per_s is None:
+            return True
+        now = self._clock()
+        self._tokens = min(TRUTH_BURST, self._tokens + (now - self._tokens_at) * self.truth_per_s)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     def reserve(self, vehicle_id: str) -> tuple[Windows, int]:
         """Book the model window ending at the vehicle's newest frame (one it can use: see

@@ -55,7 +55,11 @@ class InferenceService:
         self.settings = settings or KafkaSettings.from_env(bootstrap=config.bootstrap)
         self.metrics = ServeMetrics()
         self.history = HistoryStore(
-            DEFAULT_SPEC, truth_capacity=config.truth_capacity, truth_every=config.truth_every
+            DEFAULT_SPEC,
+            truth_capacity=config.truth_capacity,
+            truth_every=config.truth_every,
+            # no more truth than the ring keeps over the gate's window: the rest is never used
+            truth_per_s=config.truth_capacity / config.gate_window_s,
         )
         policy = ValidationPolicy(
             device=config.device,

@@ -17,7 +17,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from inference.history import LABEL_BATCH, LABEL_DELAY_S, HistoryStore
+from inference.history import LABEL_BATCH, LABEL_DELAY_S, TRUTH_BURST, HistoryStore
 from schemas import plausibility, window
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
@@ -320,3 +320,35 @@ def test_labels_waiting_for_their_batch_survive_a_rebalance_that_reuses_the_slot
     store.begin(FrameColumns.of([]))
     store.end(label=True)
     assert _same_truth(store, ref, deferred=True) == len(ref.truth) > 5
+
+
+def test_truth_per_s_caps_the_windows_kept_as_ground_truth() -> None:
+    """A busy fleet books no more truth windows a second than ``truth_per_s`` (after a
+    burst of TRUTH_BURST), spread over its vehicles; without the cap, every other window."""
+    now = [0.0]
+
+    def fleet(store: HistoryStore, seconds: int) -> None:
+        for step in range(seconds * 10):  # 50 vehicles at 10 Hz, one poll per step
+            frames = [
+                SensorFrame(f"v{v}", step, T0 + step * S // 10, step + v * 1e3, 0.0, 10.0, 0, 0, 0)
+                for v in range(50)
+            ]
+            store.begin(FrameColumns.of([[f] for f in frames]))
+            for i in range(len(frames)):
+                store.add(i, 0)
+            store.end()
+            now[0] += 0.1
+
+    capped = HistoryStore(InputSpec(), truth_capacity=10_000, truth_every=2, clock=lambda: now[0])
+    capped.truth_per_s = 20.0
+    fleet(capped, 20)
+    windows, _ = capped.truth()
+    booked = len(windows) + sum(len(v.pending) for v in capped._vehicles.values())
+    assert booked <= TRUTH_BURST + 20 * 20 + 1
+    assert booked >= 20 * (20 - 2)  # the tokens are used, not lost
+    assert len({round(float(w[-1, 1]) // 1e3) for w in windows}) > 25  # many vehicles
+
+    now[0] = 0.0
+    free = HistoryStore(InputSpec(), truth_capacity=10_000, truth_every=2, clock=lambda: now[0])
+    fleet(free, 20)
+    assert len(free.truth()[0]) > 10 * len(windows)
