@@ -94,7 +94,11 @@ class Output:
             else {}
         )
         self.producer = Producer(
-            settings, on_failure=self._refused, delivery_report_only_error=True, **txn
+            settings,
+            on_failure=self._refused,
+            delivery_report_only_error=True,
+            linger_ms=self.config.linger_ms,
+            **txn,
         ).connect()
 
     def close(self) -> None:

@@ -184,7 +184,7 @@ def test_fallback_first_then_model_one_answer_per_frame(
     kafka_settings, topics: TopicNames, collectors
 ):
     port = free_port()
-    cfg = config(topics, metrics_port=port, metrics_host="127.0.0.1", budget_ms=2000)
+    cfg = config(topics, metrics_port=port, metrics_host="127.0.0.1", budget_ms=2000, linger_ms=2.5)
     collector = collectors(kafka_settings, topics.predictions)
     service = serving(cfg, kafka_settings)
     try:
@@ -200,6 +200,8 @@ def test_fallback_first_then_model_one_answer_per_frame(
             wait_for(lambda: service.model is not None, what="model v1 to serve")
             n2 = send_frames(producer, topics.sensors, range(6), range(12, 24))
         collector.wait(n1 + n2)
+        assert service.output.producer is not None
+        assert service.output.producer._config["linger.ms"] == 2.5  # --linger-ms reaches it
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz"))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:

@@ -69,3 +69,5 @@ def test_bad_config_says_what_to_fix() -> None:
         ServeConfig(max_batch=0)
     with pytest.raises(ConfigError, match="device"):
         ServeConfig(device="tpu")
+    with pytest.raises(ConfigError, match="linger_ms"):
+        ServeConfig(linger_ms=-1)
