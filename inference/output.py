@@ -117,10 +117,10 @@ class Output:
         flushes.
 
         The batch is encoded in one pass and t_published_ns stamped once for it, right
-        before its records are produced. Counters
-        and latency histograms are updated once for the whole batch. They count records
-        handed to the producer; a record that then fails to deliver stops the service at
-        the next check (see check_delivery), uncommitted.
+        before its records are produced. Counters and latency histograms are updated once
+        for the whole batch. They count records handed to the producer; a record that then
+        fails to deliver stops the service at the next check (see check_delivery),
+        uncommitted.
         """
         producer = self.producer
         assert producer is not None
@@ -292,7 +292,16 @@ def _columns(items: Sequence[Pending]) -> np.ndarray:
     """``[n, 5]`` int64 of a batch: seq, t_event_ns, t_produce_ns, t_consumed_ns and
     deadline_ns. Only a deadline can pass int64 (validation bounds the rest): it is then
     clamped to [0, 2**62], which judges lateness the same."""
-    rows = [(it.seq, it.t_event_ns, *it.origin[3:]) for it in items]
+    rows = [
+        (
+            it.seq,
+            it.t_event_ns,
+            it.origin.t_produce_ns,
+            it.origin.t_consumed_ns,
+            it.origin.deadline_ns,
+        )
+        for it in items
+    ]
     try:
         return np.array(rows, np.int64)
     except OverflowError:

@@ -36,6 +36,11 @@ def _produce_error(err: Any, topic: str = "") -> ProduceError:
     return ProduceError(str(err))
 
 
+def _is_on(value: Any) -> bool:
+    """A librdkafka boolean setting as given (True, "true", 1, ...) is set."""
+    return str(value).lower() in ("true", "1")
+
+
 FailureHandler = Callable[[ProduceError, "Message"], bool]
 """Sees a failed delivery (the error, the record) first; True when it dealt with it."""
 
@@ -64,11 +69,8 @@ class Producer:
         self._errors = ErrorLog()
         self._config = librdkafka_config(PRODUCER_DEFAULTS, settings, overrides, self._errors)
         self._producer: confluent_kafka.Producer | None = None
-        self._ready = str(self._config.get("enable.idempotence")).lower() not in ("true", "1")
-        self._only_errors = str(self._config.get("delivery.report.only.error")).lower() in (
-            "true",
-            "1",
-        )
+        self._ready = not _is_on(self._config.get("enable.idempotence"))
+        self._only_errors = _is_on(self._config.get("delivery.report.only.error"))
         self.failures = 0
         self.last_error: ProduceError | None = None
 
