@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -186,8 +187,10 @@ def test_fallback_first_then_model_one_answer_per_frame(
     port = free_port()
     cfg = config(topics, metrics_port=port, metrics_host="127.0.0.1", budget_ms=2000, linger_ms=2.5)
     collector = collectors(kafka_settings, topics.predictions)
+    gc.unfreeze()
     service = serving(cfg, kafka_settings)
     try:
+        wait_for(lambda: gc.get_freeze_count() > 0, what="start-up kept out of full GC passes")
         with Producer(kafka_settings) as producer:
             n1 = send_frames(producer, topics.sensors, range(6), range(12))
             producer.send(topics.sensors, b"\x01\x00garbage", key="x", headers=frame_headers(1))
