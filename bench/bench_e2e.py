@@ -103,8 +103,9 @@ def load(
     threading.Thread(target=produce, daemon=True).start()
     deadline = time.monotonic() + duration + 30
     while len(got) < total and time.monotonic() < deadline:
-        for m in c.poll(timeout_ms=100, max_records=2000):
-            now = now_ns()
+        msgs = c.poll(timeout_ms=100, max_records=2000)
+        now = now_ns()  # every record of the poll was here by now: stamped before decoding any
+        for m in msgs:
             if m.topic.endswith("predictions"):
                 p = decode_prediction(m.value)
                 got.append((p.t_produce_ns, now, p.source, p.reason))
