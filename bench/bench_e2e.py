@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import synthetic  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from pipeline.processes import free_port  # noqa: E402
+from pipeline.report import STAGES, Received, stage_ns  # noqa: E402
 from schemas.envelope import encode_envelope, envelope_headers  # noqa: E402
 from schemas.headers import T_PRODUCE_NS, now_ns, read_stamp  # noqa: E402
 from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics  # noqa: E402
@@ -73,6 +74,7 @@ def load(
     vehicles = max(1, rate // 10)
     total = int(rate * duration)
     got: list[tuple[int, int, str, str]] = []  # (t_produce, t_recv, source, reason)
+    stamps: list[tuple[int, ...]] = []  # per prediction: its frame's stages (report.STAGES)
     c = Consumer(settings, group_id=None)
     c.assign(dst, sorted(c.partitions_for(dst)))
     done = threading.Event()
@@ -109,6 +111,7 @@ def load(
             if m.topic.endswith("predictions"):
                 p = decode_prediction(m.value)
                 got.append((p.t_produce_ns, now, p.source, p.reason))
+                stamps.append(tuple(stage_ns(Received(p, now)).values()))
             else:
                 got.append((read_stamp(m.headers, T_PRODUCE_NS), now, "echo", ""))
     c.close()
@@ -130,6 +133,8 @@ def load(
         "fallback_share": round(sum(reasons.values()) / max(1, len(steady)), 4),
         "fallback_reasons": reasons,
     }
+    if stamps and len(stamps) == len(got):
+        out.update(stage_split(got, stamps, t_start))
     # p99 per second of the run (by produce time): flat when latency stays bounded,
     # rising when the service falls further behind
     by_second: dict[int, list[float]] = {}
@@ -145,6 +150,25 @@ def load(
             out["after_swap_p99_ms"] = round(float(np.percentile(near, 99)), 2)
             out["after_swap_max_ms"] = round(float(near.max()), 2)
     return out
+
+
+def stage_split(got: list[tuple], stamps: list[tuple[int, ...]], t_start: int) -> dict:
+    """Where the time of steady predictions went: p50 and p99 of each stage, and each
+    stage's mean over the answers at or above the end-to-end p99 (what the tail is made of)."""
+    keep = np.array([g[0] - t_start > WARMUP_S * 1e9 for g in got])
+    st = np.array(stamps, np.float64)[keep] / 1e6
+    if not len(st):
+        return {}
+
+    def named(values: np.ndarray) -> dict[str, float]:
+        return {s: round(float(v), 2) for s, v in zip(STAGES, values, strict=True)}
+
+    e2e = st.sum(axis=1)
+    return {
+        "stage_p50_ms": named(np.percentile(st, 50, axis=0)),
+        "stage_p99_ms": named(np.percentile(st, 99, axis=0)),
+        "stage_tail_ms": named(st[e2e >= np.percentile(e2e, 99)].mean(axis=0)),
+    }
 
 
 def model_record(version: int) -> bytes:

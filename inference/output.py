@@ -248,8 +248,15 @@ class Output:
         }
         return {k: v for k, v in offsets.items() if self.committed.get(k) != v}
 
-    def commit(self, consumer: Consumer, waiting: dict[TopicPartition, int]) -> None:
-        """Flush predictions, make sure all were delivered, then commit what they cover."""
+    def commit(
+        self, consumer: Consumer, waiting: dict[TopicPartition, int], wait: bool = True
+    ) -> None:
+        """Flush predictions, make sure all were delivered, then commit what they cover.
+
+        ``wait=False`` (the serving loop) only sends the commit: the loop does not stall for
+        the broker's round trip, and offsets the broker refuses are due again
+        (``commit_refused``).
+        """
         offsets = self.due(waiting)
         if not offsets or self.halted:
             return
@@ -258,10 +265,16 @@ class Output:
             return
         self.flush_delivered()
         try:
-            consumer.commit(offsets)
+            consumer.commit(offsets, wait=wait)
             self.committed.update(offsets)
         except Exception as exc:  # rebalance in progress: the revoke drain commits instead
             log.warning("offset commit failed (frames may be answered again): %s", exc)
+
+    def commit_refused(self, offsets: dict[TopicPartition, int]) -> None:
+        """The broker refused a commit sent without waiting: those offsets are due again."""
+        for key, offset in offsets.items():
+            if self.committed.get(key) == offset:
+                del self.committed[key]
 
     def commit_offsets(self, consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` whose answers were flushed (at-least-once), or in the open

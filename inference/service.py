@@ -152,6 +152,7 @@ class InferenceService:
             **({"group_instance_id": c.instance_id} if c.instance_id else {}),
         )
         self._consumer.on_rebalance(RebalanceDrain(self))
+        self._consumer.on_commit_failed(self.output.commit_refused)
         self._consumer.wait_partitions(c.sensors_topic)  # first call joins: topic must exist
         dead_letters = ModelDeadLetters(
             self.settings, c.deadletter_topic, c.max_deadletter_bytes, self.metrics
@@ -171,7 +172,7 @@ class InferenceService:
             if clean and not self.output.halted and self._consumer and self.output.producer:
                 try:
                     self._flush_batches()
-                    self._commit()
+                    self._commit(wait=True)
                 except BaseException:
                     clean = False  # frames were taken but maybe not answered: commit nothing
                     raise
@@ -424,11 +425,12 @@ class InferenceService:
         while len(self.batcher):
             self._run_batch(self.batcher.take())
 
-    def _commit(self) -> None:
-        """Commit what the delivered predictions cover (see Output.commit)."""
+    def _commit(self, wait: bool = False) -> None:
+        """Commit what the delivered predictions cover (see Output.commit): the loop does
+        not wait for the broker's answer, the last commit at close does."""
         assert self._consumer is not None
         self._last_commit = time.monotonic()
-        self.output.commit(self._consumer, self.batcher.first_offsets())
+        self.output.commit(self._consumer, self.batcher.first_offsets(), wait)
 
     def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit offsets the revoke drain released (on this thread, inside poll/close)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import confluent_kafka
@@ -61,6 +61,7 @@ class Consumer:
             confluent_kafka.OFFSET_STORED if group_id else confluent_kafka.OFFSET_BEGINNING
         )
         self._listener: RebalanceListener | None = None
+        self._commit_failed: Callable[[dict[TopicPartition, int]], None] | None = None
         self._consumer: confluent_kafka.Consumer | None = None
         self._starts: dict[TopicPartition, int] = {}
         """Explicit start offsets given to assign()."""
@@ -69,7 +70,9 @@ class Consumer:
     def client(self) -> confluent_kafka.Consumer:
         if self._consumer is None:
             try:
-                self._consumer = confluent_kafka.Consumer(self._config)
+                self._consumer = confluent_kafka.Consumer(
+                    {**self._config, "on_commit": self._committed}
+                )
             except (confluent_kafka.KafkaException, ValueError) as exc:
                 raise ConfigError(f"bad consumer settings: {exc}") from exc
             if self._topics:
@@ -87,6 +90,25 @@ class Consumer:
             raise RuntimeError("set the rebalance listener before the consumer connects")
         self._listener = listener
         return self
+
+    def on_commit_failed(self, callback: Callable[[dict[TopicPartition, int]], None]) -> Consumer:
+        """Set, before the first poll, what hears of commits the broker refused: the offsets
+        per partition, on the polling thread inside ``poll()`` (``commit(wait=False)``)."""
+        if self._consumer is not None:
+            raise RuntimeError("set the commit callback before the consumer connects")
+        self._commit_failed = callback
+        return self
+
+    def _committed(
+        self, err: confluent_kafka.KafkaError | None, tps: list[confluent_kafka.TopicPartition]
+    ) -> None:
+        failed = {(tp.topic, tp.partition): tp.offset for tp in tps if err or tp.error}
+        if not failed:
+            return
+        why = err or next(tp.error for tp in tps if tp.error)
+        log.warning("offset commit refused for %s: %s", sorted(failed), why)
+        if self._commit_failed is not None:
+            self._commit_failed(failed)
 
     def _assigned(self, _: Any, tps: list[confluent_kafka.TopicPartition]) -> None:
         if self._listener is not None:
@@ -222,12 +244,18 @@ class Consumer:
         """This member's group metadata, for a transaction that commits its offsets."""
         return self.client.consumer_group_metadata()
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit explicit ``{(topic, partition): next_offset}`` and wait for the broker."""
-        done = self.client.commit(
-            offsets=[confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-            asynchronous=False,
-        )
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
+        """Commit explicit ``{(topic, partition): next_offset}``.
+
+        ``wait``: until the broker took them (KafkaException if it refused any). Without
+        it the request is only sent: a refusal is logged and reaches ``on_commit_failed``
+        from a later ``poll()``.
+        """
+        tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        if not wait:
+            self.client.commit(offsets=tps, asynchronous=True)
+            return
+        done = self.client.commit(offsets=tps, asynchronous=False)
         failed = [tp for tp in done or [] if tp.error is not None]
         if failed:  # a synchronous commit reports per-partition errors instead of raising
             raise confluent_kafka.KafkaException(

@@ -1,8 +1,10 @@
-"""The Kafka wrapper against the real broker: ordering per key, headers, topic configs."""
+"""The Kafka wrapper against the real broker: ordering per key, headers, topic configs,
+commits."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 
 import pytest
@@ -138,3 +140,24 @@ def test_connect_after_the_first_send_is_refused():
     assert producer.client is not None  # what the first send does: start the client
     with pytest.raises(RuntimeError, match="before the first send"):
         producer.connect()
+
+
+def test_a_commit_sent_without_waiting_lands_and_a_refused_one_is_reported(
+    kafka_settings, topic_factory
+):
+    topic, missing = topic_factory(), f"missing-{uuid.uuid4().hex[:8]}"
+    with Producer(kafka_settings) as producer:
+        producer.send_many(topic, [b"x"] * 3, [None] * 3)
+    refused: list[dict] = []
+    with Consumer(kafka_settings, [topic], group_id=f"g-{topic}") as consumer:
+        consumer.on_commit_failed(refused.append)
+        got: list[Message] = []
+        while len(got) < 3:
+            got += consumer.poll(timeout_ms=200)
+        consumer.commit({(topic, 0): 3}, wait=False)
+        consumer.commit({(missing, 0): 1}, wait=False)  # the broker has no such partition
+        deadline = time.monotonic() + 30
+        while not refused and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100)  # outcomes arrive inside poll()
+        assert consumer.committed(topic, [0]) == {0: 3}
+    assert refused == [{(missing, 0): 1}]

@@ -38,6 +38,22 @@ def test_commit_stops_below_waiting_frames_and_skips_what_is_already_committed()
     assert len(consumer.commits) == 2 and producer.events == ["flush", "commit"] * 2
 
 
+def test_offsets_the_broker_refused_are_committed_again_unless_they_moved_on() -> None:
+    out, _, consumer = make_output()
+    out.done(msg(10, partition=0))
+    out.done(msg(20, partition=1))
+    out.commit(consumer, waiting={}, wait=False)
+    out.done(msg(30, partition=1))
+    out.commit(consumer, waiting={}, wait=False)  # partition 1 moved on to 31
+    out.commit_refused({(TOPIC, 0): 11, (TOPIC, 1): 21})  # the first request was refused
+    out.commit(consumer, waiting={})
+    assert consumer.commits == [
+        {(TOPIC, 0): 11, (TOPIC, 1): 21},
+        {(TOPIC, 1): 31},
+        {(TOPIC, 0): 11},  # 21 is stale: 31 is in flight
+    ]
+
+
 def test_failed_delivery_raises_and_nothing_is_committed_after_it() -> None:
     out, producer, consumer = make_output()
     out.done(msg(3))

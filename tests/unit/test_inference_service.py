@@ -80,8 +80,11 @@ class FakeConsumer:
             raise item
         return item
 
-    def commit(self, offsets) -> None:
-        self.producer.events.append("commit")
+    def lag(self, topic, partition) -> None:
+        return None  # unknown, as before a first fetch
+
+    def commit(self, offsets, wait=True) -> None:
+        self.producer.events.append("commit" if wait else "commit-sent")
         self.commits.append(dict(offsets))
 
     def close(self) -> None:
@@ -169,6 +172,16 @@ def test_a_normal_stop_answers_and_commits() -> None:
     svc.run(until=lambda: not consumer.batches)
     assert consumer.commits == [{(TOPIC, 0): 1}]
     assert producer.events == ["flush", "commit"]
+
+
+def test_the_loop_does_not_wait_for_its_commits_but_the_last_one_waits() -> None:
+    svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
+    svc._last_commit -= svc.config.commit_every_s  # an interval has passed
+    svc.step()
+    svc.output.done(record(5, [frame("a", 2)]))  # answered after the loop's last commit
+    svc.close()
+    assert producer.events == ["flush", "commit-sent", "flush", "commit"]
+    assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 6}]
 
 
 def test_failed_delivery_is_never_committed_and_stops_the_service() -> None:
