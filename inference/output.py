@@ -240,13 +240,17 @@ class Output:
         self.next_offset[(msg.topic, msg.partition)] = msg.offset + 1
 
     def due(
-        self, waiting: dict[TopicPartition, int], keys: set[TopicPartition] | None = None
+        self,
+        waiting: dict[TopicPartition, int],
+        keys: set[TopicPartition] | None = None,
+        again: bool = False,
     ) -> dict[TopicPartition, int]:
-        """Next offsets to commit: below every frame still ``waiting``, not yet committed."""
+        """Next offsets to commit: below every frame still ``waiting``, not yet committed
+        (``again``: even if committed, as a commit sent without waiting may yet fail)."""
         offsets = {
             k: waiting.get(k, v) for k, v in self.next_offset.items() if keys is None or k in keys
         }
-        return {k: v for k, v in offsets.items() if self.committed.get(k) != v}
+        return {k: v for k, v in offsets.items() if again or self.committed.get(k) != v}
 
     def commit(
         self, consumer: Consumer, waiting: dict[TopicPartition, int], wait: bool = True

@@ -445,7 +445,9 @@ class InferenceService:
         waiting = self.batcher.drop_partitions(keys)
         if waiting:
             self._answer_fallback(waiting, "rebalance")
-        offsets = self.output.due(self.batcher.first_offsets(), keys)
+        # again: the loop's last commit was only sent, and a commit during a rebalance may
+        # be refused; the next owner must start after everything answered here
+        offsets = self.output.due(self.batcher.first_offsets(), keys, again=True)
         if offsets:
             self.output.flush_delivered()
         return offsets

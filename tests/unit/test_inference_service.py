@@ -297,6 +297,15 @@ def test_revoke_answers_flushes_and_commits_inside_the_listener() -> None:
     assert (TOPIC, 0) not in svc.output.next_offset
 
 
+def test_revoke_commits_again_what_the_loop_only_sent() -> None:
+    svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
+    svc._last_commit -= svc.config.commit_every_s
+    svc.step()  # the loop sends {0: 1} without waiting; the broker may yet refuse it
+    RebalanceDrain(svc).on_revoked({(TOPIC, 0)})
+    assert producer.events == ["flush", "commit-sent", "flush", "commit"]
+    assert consumer.commits == [{(TOPIC, 0): 1}] * 2
+
+
 def test_revoke_after_a_failed_send_commits_nothing_and_says_so(caplog) -> None:
     svc, producer, consumer = make_service()
     _waiting(svc, 0, 3, "a")
