@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -117,7 +118,8 @@ def load(
     c.close()
     done.wait(5)
     t_start = started[0] if started else t_start
-    steady = [g for g in got if g[0] - t_start > WARMUP_S * 1e9]
+    is_steady = [g[0] - t_start > WARMUP_S * 1e9 for g in got]
+    steady = list(itertools.compress(got, is_steady))
     lat = np.array([r - p for p, r, _, _ in steady]) / 1e6
     reasons: dict[str, int] = {}
     for _, _, src_, reason in steady:
@@ -134,7 +136,7 @@ def load(
         "fallback_reasons": reasons,
     }
     if stamps and len(stamps) == len(got):
-        out.update(stage_split(got, stamps, t_start))
+        out.update(stage_split(list(itertools.compress(stamps, is_steady))))
     # p99 per second of the run (by produce time): flat when latency stays bounded,
     # rising when the service falls further behind
     by_second: dict[int, list[float]] = {}
@@ -152,13 +154,13 @@ def load(
     return out
 
 
-def stage_split(got: list[tuple], stamps: list[tuple[int, ...]], t_start: int) -> dict:
-    """Where the time of steady predictions went: p50 and p99 of each stage, and each
-    stage's mean over the answers at or above the end-to-end p99 (what the tail is made of)."""
-    keep = np.array([g[0] - t_start > WARMUP_S * 1e9 for g in got])
-    st = np.array(stamps, np.float64)[keep] / 1e6
-    if not len(st):
+def stage_split(stamps: list[tuple[int, ...]]) -> dict:
+    """Where the time of steady predictions went (their stages in ns, report.STAGES): p50
+    and p99 of each stage, and each stage's mean over the answers at or above the
+    end-to-end p99 (what the tail is made of)."""
+    if not stamps:
         return {}
+    st = np.array(stamps, np.float64) / 1e6
 
     def named(values: np.ndarray) -> dict[str, float]:
         return {s: round(float(v), 2) for s, v in zip(STAGES, values, strict=True)}
