@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.metrics import LATENCY_BUCKETS, STAGES, ServeMetrics
+from inference.metrics import FOLD_EVERY, LATENCY_BUCKETS, STAGES, ServeMetrics
 from schemas.errors import CodecError
 from schemas.prediction import Prediction, PredictionEncoder, decode_prediction
 from schemas.prediction_json import JsonPredictionEncoder
@@ -59,6 +59,34 @@ def test_a_batch_encodes_to_the_same_bytes_as_record_by_record(encoder) -> None:
         assert got == want
     with pytest.raises(CodecError, match="horizons"):
         enc.encode_many(vids, ids, 1, middles, stamps, H[:2], points)
+
+
+def test_stage_histogram_computes_each_stage_from_a_batchs_stamps() -> None:
+    m = ServeMetrics()
+    ms = 1_000_000
+    produced = np.array([[0, 2 * ms], [1 * ms, 3 * ms]], np.int64)  # t_produce, t_consumed
+    m.stage_latency.observe_batch(produced, (4 * ms, 9 * ms), 10 * ms)
+    m.stage_latency.observe_batch(np.array([[5 * ms, 4 * ms]]), (6 * ms, 7 * ms), 8 * ms)
+    want = {  # seconds, summed over the three predictions
+        "kafka_in": (2 + 2 + 0) / 1e3,  # a clock skew (consumed before produced) reads 0
+        "queue": (2 + 1 + 2) / 1e3,
+        "infer": (5 + 5 + 1) / 1e3,
+        "publish": (1 + 1 + 1) / 1e3,
+        "service": (8 + 7 + 4) / 1e3,
+        "since_produce": (10 + 9 + 3) / 1e3,
+    }
+    assert set(want) == set(STAGES)
+    for stage, total in want.items():
+        cumulative, got = m.stage_latency.counts(stage)  # read before any fold: still counted
+        assert cumulative[-1] == 3 and got == pytest.approx(total), stage
+
+
+def test_stage_histogram_folds_a_long_run_of_batches_without_losing_one() -> None:
+    m = ServeMetrics()
+    for i in range(3 * FOLD_EVERY + 7):
+        m.stage_latency.observe_batch(np.array([[0, 1_000]], np.int64), (i, i), i)
+    cumulative, _ = m.stage_latency.counts("kafka_in")
+    assert cumulative[0] == cumulative[-1] == 3 * FOLD_EVERY + 7  # 1 µs: the first bucket
 
 
 def test_stage_histogram_buckets_like_prometheus_le() -> None:
