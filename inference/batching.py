@@ -1,5 +1,6 @@
 """Micro-batching across vehicles: a batch closes when full or when its oldest frame has
-waited ``max_wait_ns``. Latency first: a lone frame never waits longer than that."""
+waited ``max_wait_ns``. Latency first: a lone frame never waits longer than that, and does
+not wait at all while waiting has stopped paying off."""
 
 from __future__ import annotations
 
@@ -93,20 +94,53 @@ def stack_rows(rows: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
     return out
 
 
+WAITS_KEPT = 16
+"""How many of the latest waits decide whether a new batch waits."""
+WAITS_THAT_PAY = 2
+"""Of those, how many must have brought frames for new batches to keep waiting."""
+PROBE_EVERY = 8
+"""While waiting does not pay, one new batch in this many still waits, to notice when it
+would again."""
+
+
 class MicroBatcher:
-    """FIFO of frames for the model; ``take`` returns at most ``max_batch`` of them."""
+    """FIFO of frames for the model; ``take`` returns at most ``max_batch`` of them.
+
+    A new batch waits up to ``max_wait_ns`` for more frames only while waiting pays: when
+    at least :data:`WAITS_THAT_PAY` of the latest :data:`WAITS_KEPT` waits brought frames
+    (the caller reports each through :meth:`waited`). At a low rate a frame arrives alone,
+    and the wait would cost it latency and the loop a second iteration for nothing.
+    """
 
     def __init__(self, max_batch: int, max_wait_ns: int) -> None:
         if max_batch < 1 or max_wait_ns < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ns >= 0")
         self.max_batch, self.max_wait_ns = max_batch, max_wait_ns
         self._items: deque[Pending] = deque()
+        self._wait_ns = max_wait_ns
+        """How long the current batch may wait: max_wait_ns, or 0 while waiting does not pay."""
+        self._waits: deque[bool] = deque(maxlen=WAITS_KEPT)
+        self._batches = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
     def add(self, item: Pending) -> None:
+        if not self._items:  # a new batch
+            self._batches += 1
+            self._wait_ns = self.max_wait_ns if self._worth_waiting() else 0
         self._items.append(item)
+
+    def waited(self, brought_frames: bool) -> None:
+        """Report one wait for the current batch to fill: did any frame arrive during it?"""
+        self._waits.append(brought_frames)
+
+    def _worth_waiting(self) -> bool:
+        return (
+            len(self._waits) < WAITS_KEPT
+            or sum(self._waits) >= WAITS_THAT_PAY
+            or self._batches % PROBE_EVERY == 0
+        )
 
     def due(self, now_ns: int) -> bool:
         """A batch should run now: it is full, or its oldest frame waited long enough."""
@@ -114,7 +148,7 @@ class MicroBatcher:
             return False
         if len(self._items) >= self.max_batch:
             return True
-        return now_ns - self._items[0].origin.t_consumed_ns >= self.max_wait_ns
+        return now_ns - self._items[0].origin.t_consumed_ns >= self._wait_ns
 
     def wait_ns(self, now_ns: int) -> int | None:
         """Time until the current batch is due (0 if due now), None when empty."""
@@ -122,7 +156,7 @@ class MicroBatcher:
             return None
         if len(self._items) >= self.max_batch:
             return 0
-        return max(0, self._items[0].origin.t_consumed_ns + self.max_wait_ns - now_ns)
+        return max(0, self._items[0].origin.t_consumed_ns + self._wait_ns - now_ns)
 
     def take(self) -> list[Pending]:
         n = min(self.max_batch, len(self._items))

@@ -281,18 +281,23 @@ class InferenceService:
 
         librdkafka waits in whole milliseconds: a batch due in less than one is slept for,
         then what arrived meanwhile is taken without waiting (it joins that batch), so the
-        loop never spins on empty polls.
+        loop never spins on empty polls. Whether a wait brought frames is told to the
+        batcher, which stops making new batches wait while waits bring none.
         """
         assert self._consumer is not None
         limit = self.config.max_poll_records
         wait = self.batcher.wait_ns(now_ns())
         if wait is not None and 0 < wait < MS:
             time.sleep(wait / NS_PER_S)
-            return self._consumer.poll(timeout_ms=0, max_records=limit)
-        timeout_ms = IDLE_POLL_MS if wait is None else wait // MS
-        if self.config.exactly_once:  # answers become visible at the next commit: keep it
-            timeout_ms = min(timeout_ms, self.config.transaction_ms)
-        return self._consumer.poll(timeout_ms=int(timeout_ms), max_records=limit)
+            msgs = self._consumer.poll(timeout_ms=0, max_records=limit)
+        else:
+            timeout_ms = IDLE_POLL_MS if wait is None else wait // MS
+            if self.config.exactly_once:  # answers become visible at the next commit: keep it
+                timeout_ms = min(timeout_ms, self.config.transaction_ms)
+            msgs = self._consumer.poll(timeout_ms=int(timeout_ms), max_records=limit)
+        if wait:
+            self.batcher.waited(bool(msgs))
+        return msgs
 
     def _mark_loop(self) -> None:
         """Record how long the previous iteration took if a model build overlapped it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.batching import MicroBatcher, Pending
+from inference.batching import PROBE_EVERY, WAITS_KEPT, WAITS_THAT_PAY, MicroBatcher, Pending
 from inference.config import ServeConfig
 from schemas.errors import ConfigError
 from schemas.sensor import SensorFrame
@@ -40,6 +40,47 @@ def test_zero_wait_sends_every_frame_alone() -> None:
     b = MicroBatcher(max_batch=64, max_wait_ns=0)
     b.add(item("a", 5))
     assert b.due(5)
+
+
+def one_batch(b: MicroBatcher, t: int, brought_frames: bool | None) -> bool:
+    """Start a lone batch at ``t``; True if it waits. ``brought_frames``: the outcome of the
+    wait reported to the batcher (None: nothing reported, as when it did not wait)."""
+    b.add(item("a", t))
+    waits = not b.due(t)
+    if waits and brought_frames is not None:
+        b.waited(brought_frames)
+    b.take()
+    return waits
+
+
+def test_batches_stop_waiting_while_waits_bring_no_frames_and_probe_now_and_then() -> None:
+    b = MicroBatcher(max_batch=8, max_wait_ns=500_000)
+    assert all(one_batch(b, t, brought_frames=False) for t in range(WAITS_KEPT))
+    # the latest waits all came back empty: a lone frame is now due as soon as it arrives
+    waited = [one_batch(b, WAITS_KEPT + t, brought_frames=None) for t in range(4 * PROBE_EVERY)]
+    assert sum(waited) == 4  # one batch in PROBE_EVERY still waits
+    b.add(item("a", 10**6))
+    assert b.due(10**6) and b.wait_ns(10**6) == 0
+
+
+def test_batches_wait_again_once_probes_find_frames_arriving() -> None:
+    b = MicroBatcher(max_batch=8, max_wait_ns=500_000)
+    for t in range(WAITS_KEPT):
+        one_batch(b, t, brought_frames=False)
+    t, paid = WAITS_KEPT, 0
+    while paid < WAITS_THAT_PAY:  # the rate rises: every wait now brings frames
+        paid += one_batch(b, t, brought_frames=True)
+        t += 1
+    assert t - WAITS_KEPT <= WAITS_THAT_PAY * PROBE_EVERY
+    assert all(one_batch(b, t + k, brought_frames=True) for k in range(3 * PROBE_EVERY))
+
+
+def test_a_batch_keeps_waiting_if_a_few_of_the_latest_waits_brought_frames() -> None:
+    b = MicroBatcher(max_batch=8, max_wait_ns=500_000)
+    outcomes = [k % (WAITS_KEPT // WAITS_THAT_PAY) == 0 for k in range(WAITS_KEPT)]
+    assert sum(outcomes) == WAITS_THAT_PAY
+    assert all(one_batch(b, t, brought_frames=o) for t, o in enumerate(outcomes))
+    assert one_batch(b, WAITS_KEPT, brought_frames=False)
 
 
 def test_commit_floor_and_revoke() -> None:

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 
-from inference.batching import Pending
+from inference.batching import PROBE_EVERY, Pending
 from inference.config import ServeConfig
 from inference.errors import DeliveryError
 from inference.gate import MODEL, Verdict
@@ -182,6 +182,24 @@ def test_the_loop_does_not_wait_for_its_commits_but_the_last_one_waits() -> None
     svc.close()
     assert producer.events == ["flush", "commit-sent", "flush", "commit"]
     assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 6}]
+
+
+def test_lone_frames_stop_waiting_for_a_batch_once_waits_bring_no_frames() -> None:
+    svc, producer, consumer = make_service(max_wait_us=2_000)
+    serve(svc, InputSpec())
+    steps = []  # loop iterations from a frame's poll to its answer
+    for seq in range(40):
+        consumer.batches = [[record(seq, [frame("a", seq)])]]
+        sent, n = len(producer.sent), 0
+        while len(producer.sent) == sent:
+            svc.step()
+            n += 1
+        steps.append(n)
+    assert steps[:9] == [1] * 9  # warm-up: physics answers at once
+    assert steps[9] > 1  # the first model frame waited 2 ms for company that never came
+    late = steps[10 + PROBE_EVERY :]
+    assert late.count(1) >= len(late) - len(late) // PROBE_EVERY - 1, steps
+    assert all(p.source == "model" for p in producer.predictions()[9:])
 
 
 def test_failed_delivery_is_never_committed_and_stops_the_service() -> None:
