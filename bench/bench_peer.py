@@ -25,7 +25,7 @@ so it does the model's work like the others.
 
     python bench/bench_peer.py [--systems floor,serve,peer] [--rates 1000,5000,10000]
         [--duration 30] [--runs 3] [--backlog 30000] [--idle 10] [--bootstrap HOST:PORT]
-        [--json PATH]
+        [--serve-flags '--linger-ms 0.25'] [--json PATH]
 
 Without --bootstrap a fresh local broker (pipeline.broker) is started for the run.
 """
@@ -236,7 +236,8 @@ def running(b: Bench, system: str, t: Topics, budget_ms: float) -> Iterator[subp
         flags = argparse.Namespace(
             budget_ms=budget_ms, max_batch=b.args.max_batch, device=b.args.device
         )
-        proc = b.procs.add(e2e.start_serve(b.bootstrap, t.names.prefix, port, flags))
+        extra = b.args.serve_flags.split()
+        proc = b.procs.add(e2e.start_serve(b.bootstrap, t.names.prefix, port, flags, *extra))
     else:
         assert b.peer_python is not None
         group = t.names.prefix + "quix"
@@ -468,6 +469,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--backlog-budget-ms", type=float, default=1e9, help="serve's, backlog")
     p.add_argument("--budget-ms", type=float, default=50.0, help="serve's latency budget")
     p.add_argument("--max-batch", type=int, default=64, help="serve's micro-batch")
+    p.add_argument("--serve-flags", default="", help="more `serve` flags ('--linger-ms 0.25')")
     p.add_argument("--device", default="cpu", help="serve's (the peer runs on CPU)")
     p.add_argument("--model", choices=("cv", "trajectory"), default="cv")
     p.add_argument("--peer-python", default="", help="the peer's interpreter (default: built)")

@@ -43,7 +43,9 @@ class ServeConfig:
     )
     model_name: str = setting("", "serve only this model name ('' = any)")
     max_batch: int = setting(64, "largest micro-batch across vehicles")
-    max_wait_us: int = setting(500, "longest a frame waits for its batch to fill, microseconds")
+    max_wait_us: int = setting(
+        500, "longest a frame waits for its batch to fill, microseconds (only while waits pay)"
+    )
     budget_ms: float = setting(50.0, "latency budget per frame after its t_produce_ns")
     linger_ms: float = setting(
         1.0,
