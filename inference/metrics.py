@@ -41,14 +41,13 @@ class StageHistogram(Collector):
 
     name = "drivestream_inference_stage_seconds"
     documentation = "Latency of each stage of one prediction"
+    stages = STAGES
 
-    def __init__(self, stages: tuple[str, ...], buckets: tuple[float, ...]) -> None:
-        if stages != STAGES:
-            raise ValueError(f"stages must be {STAGES}: observe_batch computes those")
-        self.stages, self.buckets = stages, buckets
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
         self._bounds = np.asarray(buckets, dtype=np.float64)
-        self._counts = np.zeros((len(stages), len(buckets) + 1), np.int64)  # last: +Inf
-        self._sums = np.zeros(len(stages), np.float64)
+        self._counts = np.zeros((len(STAGES), len(buckets) + 1), np.int64)  # last: +Inf
+        self._sums = np.zeros(len(STAGES), np.float64)
         self._pending: list[tuple[np.ndarray, int, int, int]] = []
         self._waiting = 0
         self._lock = threading.Lock()
@@ -118,7 +117,7 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.stage_latency = StageHistogram(STAGES, LATENCY_BUCKETS)
+        self.stage_latency = StageHistogram(LATENCY_BUCKETS)
         r.register(self.stage_latency)
         self.batch_size = Histogram(
             "drivestream_inference_batch_size",
