@@ -48,10 +48,16 @@ class ServeConfig:
     )
     budget_ms: float = setting(50.0, "latency budget per frame after its t_produce_ns")
     linger_ms: float = setting(
-        1.0,
-        "how long the producer gathers predictions into one request (librdkafka linger.ms): "
-        "0 answers a lone frame ~1 ms sooner, but at thousands of frames/s sends a request "
-        "per batch, which costs the broker and every reader more than the millisecond",
+        0.0,
+        "how long the producer holds a prediction for more to join its request (librdkafka "
+        "linger.ms); with max_in_flight 1 requests fill by themselves at high rates",
+    )
+    max_in_flight: int = setting(
+        1,
+        "produce requests in flight per broker (1..5): with 1 a prediction leaves at once "
+        "when none is in flight, else joins the next request, which leaves on the previous "
+        "one's acknowledgement, so requests grow with the rate; raise it (and linger_ms) "
+        "for a broker many milliseconds away",
     )
     safety_margin_ms: float = setting(3.0, "time kept back for publishing when judging the budget")
     device: str = setting("auto", "auto | cpu | cuda")
@@ -124,6 +130,10 @@ class ServeConfig:
             ),
             (self.max_wait_us >= 0, f"max_wait_us must be >= 0, got {self.max_wait_us}"),
             (0 <= self.linger_ms <= 1000, f"linger_ms must be in 0..1000, got {self.linger_ms}"),
+            (
+                1 <= self.max_in_flight <= 5,
+                f"max_in_flight must be in 1..5, got {self.max_in_flight}",
+            ),
             (self.budget_ms > 0, f"budget_ms must be > 0, got {self.budget_ms}"),
             (self.safety_margin_ms >= 0, "safety_margin_ms must be >= 0"),
             (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),

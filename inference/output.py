@@ -98,6 +98,7 @@ class Output:
             on_failure=self._refused,
             delivery_report_only_error=True,
             linger_ms=self.config.linger_ms,
+            max_in_flight_requests_per_connection=self.config.max_in_flight,
             **txn,
         ).connect()
 

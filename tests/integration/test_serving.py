@@ -185,7 +185,14 @@ def test_fallback_first_then_model_one_answer_per_frame(
     kafka_settings, topics: TopicNames, collectors
 ):
     port = free_port()
-    cfg = config(topics, metrics_port=port, metrics_host="127.0.0.1", budget_ms=2000, linger_ms=2.5)
+    cfg = config(
+        topics,
+        metrics_port=port,
+        metrics_host="127.0.0.1",
+        budget_ms=2000,
+        linger_ms=2.5,
+        max_in_flight=2,
+    )
     collector = collectors(kafka_settings, topics.predictions)
     gc.unfreeze()
     service = serving(cfg, kafka_settings)
@@ -204,7 +211,9 @@ def test_fallback_first_then_model_one_answer_per_frame(
             n2 = send_frames(producer, topics.sensors, range(6), range(12, 24))
         collector.wait(n1 + n2)
         assert service.output.producer is not None
-        assert service.output.producer._config["linger.ms"] == 2.5  # --linger-ms reaches it
+        config_given = service.output.producer._config  # --linger-ms, --max-in-flight reach it
+        assert config_given["linger.ms"] == 2.5
+        assert config_given["max.in.flight.requests.per.connection"] == 2
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz"))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:

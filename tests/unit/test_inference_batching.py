@@ -112,3 +112,6 @@ def test_bad_config_says_what_to_fix() -> None:
         ServeConfig(device="tpu")
     with pytest.raises(ConfigError, match="linger_ms"):
         ServeConfig(linger_ms=-1)
+    for bad in (0, 6):  # idempotent producers allow 1..5 requests in flight
+        with pytest.raises(ConfigError, match="max_in_flight"):
+            ServeConfig(max_in_flight=bad)
