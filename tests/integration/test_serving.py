@@ -258,6 +258,9 @@ def test_swap_under_load_does_not_stall_the_serving_loop(
     try:
         wait_for(lambda: service.model is not None, what="model v1")
         wait_for(lambda: len(service.assigned) == 4, what="partitions assigned")
+        assert service.output.producer is not None  # by default answers leave at once,
+        given = service.output.producer._config  # one produce request in flight
+        assert (given["linger.ms"], given["max.in.flight.requests.per.connection"]) == (0.0, 1)
         with Producer(kafka_settings) as producer:
             for seq in range(40):  # 8 vehicles at 10 Hz each, 4 s
                 if seq == 15:
