@@ -211,9 +211,9 @@ def test_fallback_first_then_model_one_answer_per_frame(
             n2 = send_frames(producer, topics.sensors, range(6), range(12, 24))
         collector.wait(n1 + n2)
         assert service.output.producer is not None
-        config_given = service.output.producer._config  # --linger-ms, --max-in-flight reach it
-        assert config_given["linger.ms"] == 2.5
-        assert config_given["max.in.flight.requests.per.connection"] == 2
+        given = service.output.producer._config  # --linger-ms and --max-in-flight reach it
+        assert given["linger.ms"] == 2.5
+        assert given["max.in.flight.requests.per.connection"] == 2
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz"))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
@@ -258,8 +258,9 @@ def test_swap_under_load_does_not_stall_the_serving_loop(
     try:
         wait_for(lambda: service.model is not None, what="model v1")
         wait_for(lambda: len(service.assigned) == 4, what="partitions assigned")
-        assert service.output.producer is not None  # by default answers leave at once,
-        given = service.output.producer._config  # one produce request in flight
+        # by default an answer leaves at once, with one produce request in flight
+        assert service.output.producer is not None
+        given = service.output.producer._config
         assert (given["linger.ms"], given["max.in.flight.requests.per.connection"]) == (0.0, 1)
         with Producer(kafka_settings) as producer:
             for seq in range(40):  # 8 vehicles at 10 Hz each, 4 s
