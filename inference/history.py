@@ -19,7 +19,6 @@ arrived, one indexing operation each: no array is made per frame.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import numpy as np
 
 from inference.batching import Windows, stack_rows
 from inference.rings import STATE, Rings
+from inference.truth import TruthRing
 from schemas import plausibility, window
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
@@ -79,10 +79,6 @@ class _Vehicle:
     in_batch: int = 0
 
 
-_Truth = tuple[np.ndarray, int, np.ndarray, int, float, np.ndarray | None]
-"""(windows, row, targets, row, when labelled, what the model predicted before)."""
-
-
 class _Batch:
     """Rows appended, windows booked and truth windows labelled since the last store."""
 
@@ -121,8 +117,7 @@ class HistoryStore:
         self._rings = Rings(2 * self._track)
         self._batch: _Batch | None = None
         self._batches = 0
-        self._truth: deque[_Truth] = deque(maxlen=truth_capacity)
-        self._truth_lock = threading.Lock()
+        self._truth = TruthRing(truth_capacity)
         self._unscored: deque[_Awaiting] = deque(maxlen=truth_capacity)
         """Awaiting windows the model has not predicted yet (appended here, scored off-loop)."""
         self._labels: list[_Label] = []
@@ -164,8 +159,7 @@ class HistoryStore:
             v.gap_at = self._newest_gap(v)
         self._unscored.clear()
         self._labels.clear()
-        with self._truth_lock:
-            self._truth.clear()
+        self._truth.clear()
 
     def _newest_gap(self, v: _Vehicle) -> int:
         """The newest row of ``v``'s window more than max_gap_s after the one before it."""
@@ -308,13 +302,16 @@ class HistoryStore:
         targets, ok = window.labels_on_tracks(
             times, xy[..., 0], xy[..., 1], lengths, [a.t0 for a in awaiting], self.spec.horizons_s
         )
-        targets32 = targets.astype(np.float32)
-        now = self._clock()
-        with self._truth_lock:
-            for q in np.flatnonzero(ok).tolist():
-                a = awaiting[q]
-                assert a.windows.array is not None
-                self._truth.append((a.windows.array, a.row, targets32, q, now, a.pred))
+        rows = np.flatnonzero(ok).tolist()
+        if not rows:
+            return
+        labelled = [awaiting[q] for q in rows]
+        windows = stack_rows([(a.windows.array, a.row) for a in labelled])  # type: ignore[misc]
+        preds = np.full((len(rows), *targets.shape[1:]), np.nan, np.float32)
+        for i, a in enumerate(labelled):  # what the model answered before the truth existed
+            if a.pred is not None and a.pred.shape == preds.shape[1:]:
+                preds[i] = a.pred
+        self._truth.append(windows, targets[rows].astype(np.float32), preds, self._clock())
 
     # --- between polls -----------------------------------------------------------------
     def add_frame(self, frame: SensorFrame, partition: int) -> str:
@@ -360,19 +357,11 @@ class HistoryStore:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`truth` and what the model answered for each window before its truth
         existed, ``[N, K, 2]`` (NaN where no model had predicted it): test, then train."""
-        with self._truth_lock:
-            items = list(self._truth)
-        if within_s is not None:
-            since = self._clock() - within_s
-            items = [it for it in items if it[4] >= since]
-        k = len(self.spec.horizons_s)
-        if not items:
-            empty = np.zeros((0, k, 2), np.float32)
+        rows = self._truth.recent(None if within_s is None else self._clock() - within_s)
+        if rows is None:
+            empty = np.zeros((0, len(self.spec.horizons_s), 2), np.float32)
             return np.zeros((0, self.spec.history, 7), np.float32), empty, empty
-        nan = np.full((k, 2), np.nan, np.float32)
-        preds = [nan if p is None or p.shape != nan.shape else p for *_, p in items]
-        windows = stack_rows([(it[0], it[1]) for it in items])
-        return windows, stack_rows([(it[2], it[3]) for it in items]), np.stack(preds)
+        return rows
 
     def score_awaiting(self, predict: Callable[[np.ndarray], np.ndarray]) -> int:
         """Predict every window still waiting for its truth (off the serving loop); returns
@@ -400,9 +389,9 @@ class HistoryStore:
         """Seed ground truth directly (tests, or a warm restart)."""
         if len(windows) != len(targets):
             raise ValueError(f"{len(windows)} windows but {len(targets)} targets")
-        now = self._clock()
-        with self._truth_lock:
-            self._truth.extend((windows, i, targets, i, now, None) for i in range(len(windows)))
+        targets = np.asarray(targets, np.float32)
+        preds = np.full(targets.shape, np.nan, np.float32)
+        self._truth.append(np.asarray(windows, np.float32), targets, preds, self._clock())
 
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget vehicles last seen on ``partitions`` (revoked); returns how many."""
