@@ -8,6 +8,7 @@ CV/CTRV fallback with a reason. Each answer goes to :class:`inference.output.Out
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 
 import numpy as np
@@ -92,11 +93,10 @@ class Answerer:
         self.metrics.batch_size.observe(n)
         out = out[:n]
         answer = Answer(horizons, model.version, [model.name] * n, "model", "", t_start, t_end)
-        finite = np.isfinite(out)
-        if finite.all():
+        if math.isfinite(np.add.reduce(out, axis=None)):  # a NaN or inf anywhere spreads
             self.output.publish(items, out, answer)
             return
-        finite = finite.all(axis=(1, 2))
+        finite = np.isfinite(out).all(axis=(1, 2))
         for i, it in enumerate(items):  # rare: keep each vehicle's answers in frame order
             if not finite[i]:
                 self.fallback([it], "non_finite", horizons)

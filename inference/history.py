@@ -82,8 +82,8 @@ class _Vehicle:
 class _Batch:
     """Rows appended, windows booked and truth windows labelled since the last store."""
 
-    def __init__(self, frames: FrameColumns, x: list[float], y: list[float], n: int) -> None:
-        self.frames, self.x, self.y, self.id = frames, x, y, n
+    def __init__(self, frames: FrameColumns, xy: list[list[float]], n: int) -> None:
+        self.frames, self.xy, self.id = frames, xy, n
         self.at: list[int] = []
         """Ring place of each row appended (:meth:`Rings.at`), and its frame in the poll."""
         self.frame: list[int] = []
@@ -172,9 +172,9 @@ class HistoryStore:
     def begin(self, frames: FrameColumns) -> None:
         """Start a poll of ``frames``: add() them by index, then end()."""
         assert self._batch is None, "begin() inside a poll"
-        x, y = frames.values[:, 0].tolist(), frames.values[:, 1].tolist()
+        xy = frames.values[:, :2].tolist()
         self._batches += 1
-        self._batch = _Batch(frames, x, y, self._batches)
+        self._batch = _Batch(frames, xy, self._batches)
 
     def add(self, i: int, partition: int) -> str:
         """Record frame ``i`` of the poll; returns 'ok', 'gap' (wider than max_gap_s since the
@@ -190,7 +190,7 @@ class HistoryStore:
             v = _Vehicle(self._rings.take(), partition, plausibility.VehicleClock(self.limits))
             self._vehicles[vid] = v
         v.partition = partition
-        judged = v.clock.judge(f.seq[i], t, b.x[i], b.y[i])
+        judged = v.clock.judge(f.seq[i], t, *b.xy[i])
         if judged == plausibility.RESTART:  # a confirmed jump: the old track is another one
             v.rows_from = v.track_from = v.n
             v.gap_at = v.last_t_ns = -1
@@ -287,7 +287,7 @@ class HistoryStore:
             self._flush_labels()
         self._unscored.extend(b.awaiting)
         self._batches += 1
-        self._batch = _Batch(b.frames, b.x, b.y, self._batches)
+        self._batch = _Batch(b.frames, b.xy, self._batches)
         return self._batch
 
     def _flush_labels(self) -> None:

@@ -117,31 +117,27 @@ class Output:
         """Publish one prediction per item (``points[i]``: its ``[K, 2]`` positions); never
         flushes.
 
-        The batch is encoded in one pass and t_published_ns stamped once for it, right
-        before its records are produced. Counters and latency histograms are updated once
-        for the whole batch. They count records handed to the producer; a record that then
-        fails to deliver stops the service at the next check (see check_delivery),
-        uncommitted.
+        The batch is stamped t_published_ns once, as its encoding starts, and encoded in
+        one pass. Counters and latency histograms are updated once for the whole batch.
+        They count records handed to the producer; a record that then fails to deliver
+        stops the service at the next check (see check_delivery), uncommitted.
         """
         producer = self.producer
         assert producer is not None
         if not items:
             return
         enc = self._encoder
-        cols = _columns(items)
-        stamps = np.empty((len(items), 5), np.int64)
-        stamps[:, :2] = cols[:, 2:4]
-        stamps[:, 2:4] = (answer.t_infer_start_ns, answer.t_infer_end_ns)
+        t_pub = now_ns()
+        cols = _columns(items, answer, t_pub)
         names = answer.names
         mids = {name: enc.middle(name, answer.source, answer.reason) for name in set(names)}
         vids = [it.vehicle_id for it in items]
-        stamps[:, 4] = t_pub = now_ns()
         values = enc.encode_many(
             vids,
             cols[:, :2],
             answer.model_version,
             [mids[name] for name in names],
-            stamps,
+            cols[:, 2:7],
             answer.horizons,
             points,
         )
@@ -154,7 +150,7 @@ class Output:
         n, source, m = len(cols), answer.source, self.metrics
         self.stats[source] += n
         m.by_source[source].inc(n)
-        misses = int(np.count_nonzero(cols[:, 4] < t_pub))
+        misses = int(np.count_nonzero(cols[:, 7] < t_pub))
         if misses:
             self.stats["budget_miss"] += misses
             m.budget_misses.labels(source=source).inc(misses)
@@ -298,16 +294,22 @@ class Output:
             self.committed.pop(key, None)
 
 
-def _columns(items: Sequence[Pending]) -> np.ndarray:
-    """``[n, 5]`` int64 of a batch: seq, t_event_ns, t_produce_ns, t_consumed_ns and
-    deadline_ns. Only a deadline can pass int64 (validation bounds the rest): it is then
-    clamped to [0, 2**62], which judges lateness the same."""
+def _columns(items: Sequence[Pending], answer: Answer, t_pub: int) -> np.ndarray:
+    """``[n, 8]`` int64 of a batch: seq and t_event_ns (what each prediction answers), its
+    five stamps (t_produce_ns, t_consumed_ns, t_infer_start_ns, t_infer_end_ns,
+    t_published_ns) and deadline_ns, in one array. Only a deadline can pass int64
+    (validation bounds the rest): it is then clamped to [0, 2**62], which judges lateness
+    the same."""
+    t0, t1 = answer.t_infer_start_ns, answer.t_infer_end_ns
     rows = [
         (
             it.seq,
             it.t_event_ns,
             it.origin.t_produce_ns,
             it.origin.t_consumed_ns,
+            t0,
+            t1,
+            t_pub,
             it.origin.deadline_ns,
         )
         for it in items
@@ -315,4 +317,4 @@ def _columns(items: Sequence[Pending]) -> np.ndarray:
     try:
         return np.array(rows, np.int64)
     except OverflowError:
-        return np.array([(*r[:4], min(max(r[4], 0), _SAFE_NS)) for r in rows], np.int64)
+        return np.array([(*r[:7], min(max(r[7], 0), _SAFE_NS)) for r in rows], np.int64)

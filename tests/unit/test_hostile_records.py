@@ -167,9 +167,10 @@ def test_output_never_overflows_on_stamps_that_passed_validation_or_not() -> Non
     items = [
         Pending.of(GOOD, None, TOPIC, 0, 0, t, now_ns(), t + 10**18) for t in (0, limit, 2**63 - 1)
     ]
-    cols = _columns(items)
-    assert cols.shape == (3, 5) and cols[:, 2].tolist() == [0, limit, 2**63 - 1]
     answer = Answer((1.0,), 1, ["cv"] * 3, "fallback", "no_model", now_ns(), now_ns())
+    cols = _columns(items, answer, now_ns())
+    assert cols.shape == (3, 8) and cols[:, 2].tolist() == [0, limit, 2**63 - 1]
+    assert cols[:, 7].tolist() == [10**18, limit + 10**18, 2**62]  # past int64: clamped
     out._account(cols, now_ns(), answer)  # no OverflowError
 
 
