@@ -305,13 +305,17 @@ class HistoryStore:
         rows = np.flatnonzero(ok).tolist()
         if not rows:
             return
-        labelled = [awaiting[q] for q in rows]
-        windows = stack_rows([(a.windows.array, a.row) for a in labelled])  # type: ignore[misc]
         preds = np.full((len(rows), *targets.shape[1:]), np.nan, np.float32)
-        for i, a in enumerate(labelled):  # what the model answered before the truth existed
-            if a.pred is not None and a.pred.shape == preds.shape[1:]:
+        windows: list[tuple[np.ndarray, int]] = []
+        for i, q in enumerate(rows):
+            a = awaiting[q]
+            assert a.windows.array is not None  # gathered when its poll was stored
+            windows.append((a.windows.array, a.row))
+            if a.pred is not None and a.pred.shape == preds.shape[1:]:  # answered before its truth
                 preds[i] = a.pred
-        self._truth.append(windows, targets[rows].astype(np.float32), preds, self._clock())
+        self._truth.append(
+            stack_rows(windows), targets[rows].astype(np.float32), preds, self._clock()
+        )
 
     # --- between polls -----------------------------------------------------------------
     def add_frame(self, frame: SensorFrame, partition: int) -> str:
