@@ -14,7 +14,9 @@ Per system and rate: p50/p99/max, the median and worst p99 of each second, the s
 answers later than serve's budget (for the floor: frames the transport alone makes late, which
 no service can answer in time), fallback share, unanswered frames, and CPU seconds per 10k
 frames of the system's processes (utime+stime from /proc over the measured window; the
-broker's beside it when this bench started it).
+broker's beside it when this bench started it). When it started the broker it also logs
+the broker JVM's GC and reports, per run, its pauses inside the measured window (count,
+longest, total): a young-GC pause delays every frame in flight on both hops.
 Rounds are interleaved (each run does every rate and system, the system order rotating),
 so drift hits all alike. The idle test (``--idle`` s) reads each ready system's CPU while
 no frame comes: the constant a low rate pays on top of its frames. The backlog test
@@ -37,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -48,6 +51,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import bench_e2e as e2e  # bench/ is on sys.path when run as a script; it adds the repo root
@@ -192,6 +196,8 @@ class Bench:
     """The same model's ONNX bytes, for the peer."""
     peer_python: Path | None
     broker_pid: int | None
+    broker_gc_log: Path | None = None
+    """The broker JVM's GC log (``-Xlog:gc``), when this bench started the broker."""
 
     @property
     def settings(self) -> KafkaSettings:
@@ -269,9 +275,11 @@ def measure_rate(b: Bench, system: str, rate: int, duration: float | None = None
     t = fresh_topics(b, system)
     with running(b, system, t, b.args.budget_ms) as proc:
         cpu0, broker0, ticks0 = cpu_seconds(proc.pid), b.broker_cpu(), cpu_ticks()
+        wall0 = time.time()
         res = e2e.load(
             b.settings, t.src, t.dst, rate, duration or b.args.duration, budget_ms=b.args.budget_ms
         )
+        wall1 = time.time()
         cpu1, broker1, ticks1 = cpu_seconds(proc.pid), b.broker_cpu(), cpu_ticks()
         exit_code = proc.poll()
     seconds = res.pop("p99_by_second_ms")[1:]  # second 0 holds the warm-up and the joins
@@ -288,7 +296,30 @@ def measure_rate(b: Bench, system: str, rate: int, duration: float | None = None
             None if broker0 is None or broker1 is None else broker1 - broker0, res["sent"]
         ),
         "steal_pct": steal_pct(ticks0, ticks1),
+        **broker_gc_pauses(b.broker_gc_log, wall0, wall1),
         "exit_code": exit_code,  # None: it ran to the end
+    }
+
+
+_GC_PAUSE = re.compile(r"^\[([^\]]+)\].* Pause .* ([0-9.]+)ms$")
+
+
+def broker_gc_pauses(log: Path | None, start: float, end: float) -> dict:
+    """The broker JVM's GC pauses that began between ``start`` and ``end`` (epoch s):
+    how many, the longest and their sum (ms); empty without a log."""
+    if log is None or not log.exists():
+        return {}
+    pauses = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = _GC_PAUSE.match(line)
+        if m:
+            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            if start <= at <= end:
+                pauses.append(float(m.group(2)))
+    return {
+        "broker_gc_pauses": len(pauses),
+        "broker_gc_pause_max_ms": max(pauses, default=0.0),
+        "broker_gc_pause_total_ms": round(sum(pauses), 1),
     }
 
 
@@ -381,6 +412,11 @@ def _med(rows: list[dict], key: str, digits: int = 2) -> float | None:
     return round(statistics.median(values), digits) if values else None
 
 
+def _worst(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return round(max(values), 1) if values else None
+
+
 def _cell(v: object) -> str:
     return "–" if v is None else str(v)
 
@@ -411,8 +447,8 @@ def tables(rows: list[dict], backlog: list[dict], systems: list[str], idle: list
     out += [
         "",
         "| system | rate | runs | p50 | p99 | max | p99/s median | p99/s worst | over budget "
-        "| fallback | unanswered | CPU s/10k | broker CPU s/10k | steal % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fallback | unanswered | CPU s/10k | broker CPU s/10k | steal % | broker GC max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rate in rates:
         for s in systems:
@@ -424,7 +460,8 @@ def tables(rows: list[dict], backlog: list[dict], systems: list[str], idle: list
                     f"| {s} | {rate} | {len(rs)} | {' | '.join(cells)} | "
                     f"{_share(_med(rs, 'over_budget_share', 4))} | {_share(share)} | "
                     f"{sum(r['unanswered'] for r in rs)} | {_cell(_med(rs, 'cpu_s_per_10k'))} | "
-                    f"{_cell(_med(rs, 'broker_cpu_s_per_10k'))} | {_cell(_med(rs, 'steal_pct'))} |"
+                    f"{_cell(_med(rs, 'broker_cpu_s_per_10k'))} | {_cell(_med(rs, 'steal_pct'))} | "
+                    f"{_cell(_worst(rs, 'broker_gc_pause_max_ms'))} |"
                 )
     if idle:
         out += ["", "idle, ready, no frames (median of runs):", "| system | CPU, % of a core |"]
@@ -483,6 +520,20 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+@contextlib.contextmanager
+def java_options(option: str) -> Iterator[None]:
+    """Add ``option`` to JAVA_TOOL_OPTIONS for JVMs started inside (the user's kept)."""
+    before = os.environ.get("JAVA_TOOL_OPTIONS")
+    os.environ["JAVA_TOOL_OPTIONS"] = f"{before} {option}" if before else option
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["JAVA_TOOL_OPTIONS"]
+        else:
+            os.environ["JAVA_TOOL_OPTIONS"] = before
+
+
 def main() -> None:
     args = parse_args()
     # both end in an exception, so the finally blocks stop everything this bench started
@@ -495,17 +546,20 @@ def main() -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         record = model_record(args.model)
         (tmp / "model.onnx").write_bytes(decode_envelope(record).onnx)
-        bootstrap, broker_pid = args.bootstrap, None
+        bootstrap, broker_pid, gc_log = args.bootstrap, None, None
         if not bootstrap:
             from pipeline.broker import BrokerConfig, LocalBroker
 
-            broker = stack.enter_context(LocalBroker(BrokerConfig(data_dir=tmp / "kafka", port=0)))
+            gc_log = tmp / "broker-gc.log"
+            with java_options(f"-Xlog:gc:file={gc_log}:time"):  # the broker's JVM inherits it
+                config = BrokerConfig(data_dir=tmp / "kafka", port=0)
+                broker = stack.enter_context(LocalBroker(config))
             bootstrap = broker.bootstrap
             state = broker.state()
             broker_pid = state.nodes[0].pid if state else None
         procs = Procs()
         stack.callback(procs.close)
-        b = Bench(args, bootstrap, procs, record, tmp / "model.onnx", peer, broker_pid)
+        b = Bench(args, bootstrap, procs, record, tmp / "model.onnx", peer, broker_pid, gc_log)
         rows: list[dict] = []
         backlog: list[dict] = []
         idle: list[dict] = []
