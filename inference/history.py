@@ -389,14 +389,6 @@ class HistoryStore:
             a.pred = np.asarray(pred, np.float32)
         return len(fits)
 
-    def add_truth(self, windows: np.ndarray, targets: np.ndarray) -> None:
-        """Seed ground truth directly (tests, or a warm restart)."""
-        if len(windows) != len(targets):
-            raise ValueError(f"{len(windows)} windows but {len(targets)} targets")
-        targets = np.asarray(targets, np.float32)
-        preds = np.full(targets.shape, np.nan, np.float32)
-        self._truth.append(np.asarray(windows, np.float32), targets, preds, self._clock())
-
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget vehicles last seen on ``partitions`` (revoked); returns how many."""
         gone = [vid for vid, v in self._vehicles.items() if v.partition in partitions]

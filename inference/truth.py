@@ -60,11 +60,11 @@ class TruthRing:
         keep = min(n, self.capacity)
         with self._lock:
             if self._rows is None:
-                self._rows = tuple(  # type: ignore[assignment]
+                w, t, p = (
                     np.zeros((self.capacity, *a.shape[1:]), np.float32)
                     for a in (windows, targets, preds)
                 )
-            assert self._rows is not None
+                self._rows = (w, t, p)
             stored = self._rows[0].shape[1:], self._rows[1].shape[1:]
             if (windows.shape[1:], targets.shape[1:]) != stored:
                 raise ValueError(
