@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from pipeline.broker import BrokerConfig, LocalBroker
@@ -92,9 +93,19 @@ def test_a_killed_leader_loses_no_acknowledged_record_and_rejoins(cluster: Local
 
     parts = wait_for(partitions, "a leader for every partition")
     assert [len(p.replicas) for p in parts.values()] == [3] * PARTITIONS
-    resource = ConfigResource(ResourceType.TOPIC, topic)
-    configs = admin.describe_configs([resource])[resource].result(timeout=10)
-    assert configs["min.insync.replicas"].value == "2"
+
+    def configs() -> dict:
+        """The topic's configs once the broker asked knows the topic (the admin client asks
+        any broker, maybe another than the one that listed it); else {}."""
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        try:
+            return admin.describe_configs([resource])[resource].result(timeout=10)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+            return {}
+
+    assert wait_for(configs, "the topic's configs")["min.insync.replicas"].value == "2"
 
     victim = parts[0].leader  # leads at least partition 0
     before = cluster.state()
