@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inference.batching import Windows, stack_rows
-from inference.rings import STATE, Rings
+from inference.rings import Rings
 from inference.truth import TruthRing
 from schemas import plausibility, window
 from schemas.model_spec import InputSpec
@@ -269,16 +269,13 @@ class HistoryStore:
         b = self._batch
         assert b is not None
         self._batch = None  # a failure below must not leave a half-stored batch behind
-        if b.frame:
-            frames = np.array(b.frame, np.int64)
-            values = b.frames.values[frames, :STATE]
-            self._rings.write(b.at, b.frames.times[frames], values)
-        if b.window_end:
-            h = self.spec.history
-            first = np.array(b.window_end, np.int64) - h
-            times, values = self._rings.read(np.array(b.window_slot), first, h)
-            rows = np.concatenate([times[..., None].astype(np.float64), values], axis=-1)
-            b.windows.array = window.window_rows(rows)
+        if b.frame or b.window_end:
+            f = b.frames
+            windows = self._rings.store(
+                b.at, f.times, f.values, b.frame, b.window_slot, b.window_end, self.spec.history
+            )
+            if b.window_end:
+                b.windows.array = windows
         if self._labels and (
             label
             or len(self._labels) >= LABEL_BATCH

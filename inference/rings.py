@@ -5,11 +5,17 @@ state values ``x, y, speed, heading, yaw_rate, accel`` (float64). Its rows get i
 logical indices; row ``m`` lives at ``m % capacity``. A poll's rows are written in one
 indexing operation and windows or tracks of any vehicles read in another; the caller keeps
 every row it still reads within the newest ``capacity`` of its vehicle.
+
+The serving loop's write-then-gather is one compiled call (:meth:`Rings.store`): on a poll
+of one frame, numpy's fixed cost per operation was most of it.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+
+from schemas.window import NS
 
 STATE = 6
 """Values per row besides its time: x, y, speed, heading, yaw_rate, accel."""
@@ -40,12 +46,34 @@ class Rings:
         """Where row ``row`` of slot ``slot`` lives in the flattened rings."""
         return slot * self.capacity + row % self.capacity
 
-    def write(self, at: list[int], times: np.ndarray, values: np.ndarray) -> None:
-        """Place ``at[k]`` (see :meth:`at`) gets ``times[k]`` and ``values[k]`` (no place
-        twice: fewer than ``capacity`` rows per slot)."""
-        where = np.array(at, np.int64)
-        self.times.reshape(-1)[where] = times
-        self.values.reshape(-1, STATE)[where] = values
+    def store(
+        self,
+        at: list[int],
+        times: np.ndarray,
+        values: np.ndarray,
+        frame: list[int],
+        slot: list[int],
+        end: list[int],
+        width: int,
+    ) -> np.ndarray:
+        """Write, then gather model windows. Place ``at[k]`` (see :meth:`at`) gets
+        ``times[frame[k]]`` and the first :data:`STATE` ``values[frame[k]]`` (no place twice:
+        fewer than ``capacity`` rows per slot). Window ``q`` holds rows ``end[q] - width ..
+        end[q] - 1`` of slot ``slot[q]``. The windows are float32 ``[Q, width, 1 + STATE]``,
+        exactly :func:`schemas.window.window_rows` of those rows."""
+        out = np.empty((len(end), width, 1 + STATE), np.float32)
+        _store(
+            self.times,
+            self.values,
+            np.array(at, np.int64),
+            times,
+            values,
+            np.array(frame, np.int64),
+            np.array(slot, np.int64),
+            np.array(end, np.int64),
+            out,
+        )
+        return out
 
     def read(
         self, slot: np.ndarray, first: np.ndarray, width: int, columns: slice = slice(None)
@@ -73,3 +101,30 @@ class Rings:
         old_at, new_at = s * old_c + m % old_c, s * capacity + m % capacity
         self.times.reshape(-1)[new_at] = old_t.reshape(-1)[old_at]
         self.values.reshape(-1, STATE)[new_at] = old_v.reshape(-1, STATE)[old_at]
+
+
+@numba.njit(
+    "void(int64[:, ::1], float64[:, :, ::1], int64[::1], int64[:], float64[:, :], int64[::1],"
+    " int64[::1], int64[::1], float32[:, :, ::1])",
+    cache=True,
+    nogil=True,
+)
+def _store(rt, rv, at, times, values, frame, slot, end, out):
+    """:meth:`Rings.store`'s loops; the window arithmetic is window_rows' (times to float64
+    first, then minus the newest, over NS, each value rounded once to float32)."""
+    cap = rt.shape[1]
+    flat_t = rt.reshape(-1)
+    flat_v = rv.reshape(-1, STATE)
+    for k in range(len(at)):
+        flat_t[at[k]] = times[frame[k]]
+        for c in range(STATE):
+            flat_v[at[k], c] = values[frame[k], c]
+    width = out.shape[1]
+    for q in range(len(end)):
+        base = slot[q] * cap
+        newest = np.float64(flat_t[base + (end[q] - 1) % cap])
+        for j in range(width):
+            p = base + (end[q] - width + j) % cap
+            out[q, j, 0] = (np.float64(flat_t[p]) - newest) / NS
+            for c in range(STATE):
+                out[q, j, 1 + c] = flat_v[p, c]

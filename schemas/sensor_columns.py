@@ -13,6 +13,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from schemas import headers
@@ -219,9 +220,30 @@ def _bodies(buf: bytes, at: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def _plausible(ints: np.ndarray, vals: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Per frame: would validate_frame accept its numbers (ranges, lat/lon together)?"""
-    inside = (vals >= _LOW) & (vals <= _HIGH)  # False for NaN too
-    inside[:, 6:] |= np.logical_and.reduce(np.isnan(vals[:, 6:]), axis=1, keepdims=True)
-    return np.logical_and.reduce(inside, axis=1) & (ints.min(axis=1) >= 0) & (q >= -1)
+    return _plausible_rows(ints, vals, q, _LOW, _HIGH)
+
+
+_READONLY_INT8 = numba.types.Array(numba.int8, 1, "A", readonly=True)
+
+
+@numba.njit(
+    numba.boolean[::1](
+        numba.int64[:, ::1], numba.float64[:, ::1], _READONLY_INT8, *[numba.float64[::1]] * 2
+    ),
+    cache=True,
+    nogil=True,
+)
+def _plausible_rows(ints, vals, q, low, high):
+    """:func:`_plausible` row by row (one compiled call: a poll is often one frame). A NaN
+    is in no range; lat and lon are checked only when either is present."""
+    ok = np.empty(len(q), np.bool_)
+    for i in range(len(q)):
+        good = ints[i, 0] >= 0 and ints[i, 1] >= 0 and q[i] >= -1
+        last = 6 if np.isnan(vals[i, 6]) and np.isnan(vals[i, 7]) else 8
+        for c in range(last):
+            good = good and low[c] <= vals[i, c] <= high[c]
+        ok[i] = good
+    return ok
 
 
 def _vehicle_ids(raw: list[bytes]) -> list[str | None]:
