@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from inference.history import LABEL_BATCH, LABEL_DELAY_S, TRUTH_BURST, HistoryStore
+from inference.rings import Rings
 from schemas import plausibility, window
 from schemas.model_spec import InputSpec
 from schemas.sensor import SensorFrame
@@ -352,3 +353,35 @@ def test_truth_per_s_caps_the_windows_kept_as_ground_truth() -> None:
     free = HistoryStore(InputSpec(), truth_capacity=10_000, truth_every=2, clock=lambda: now[0])
     fleet(free, 20)
     assert len(free.truth()[0]) > 10 * len(windows)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_store_writes_the_rows_then_gathers_window_rows_of_what_it_read(seed: int) -> None:
+    """The compiled write-and-gather against numpy: the same ring contents, and windows
+    bit for bit those of :func:`window.window_rows` over the rows as read back."""
+    rng = np.random.default_rng(seed)
+    rings = Rings(capacity=16, slots=4)
+    slots = [rings.take() for _ in range(4)]
+    ends = dict.fromkeys(slots, 0)
+    for _ in range(30):
+        n = int(rng.integers(1, 12))
+        times = T0 + rng.integers(0, 10**12, n)  # epoch ns: float64 rounding is exercised
+        values = rng.normal(0, 1e4, (n, 16))[:, ::2]  # strided, as a column slice would be
+        frame = rng.permutation(n).tolist()
+        owner = rng.choice(slots, n).tolist()
+        at = []
+        for s in owner:
+            at.append(rings.at(s, ends[s]))
+            ends[s] += 1
+        want_t, want_v = rings.times.copy(), rings.values.copy()
+        want_t.reshape(-1)[at] = times[frame]
+        want_v.reshape(-1, 6)[at] = values[frame, :6]
+        booked = [s for s in slots if ends[s] >= 5]
+        got = rings.store(at, times, values, frame, booked, [ends[s] for s in booked], 5)
+        np.testing.assert_array_equal(rings.times, want_t)
+        np.testing.assert_array_equal(rings.values, want_v)
+        first = np.array([ends[s] - 5 for s in booked], np.int64)
+        t, v = rings.read(np.array(booked, np.int64), first, 5)
+        rows = np.concatenate([t[..., None].astype(np.float64), v], axis=-1)
+        assert got.dtype == np.float32 and got.shape == (len(booked), 5, 7)
+        np.testing.assert_array_equal(got, window.window_rows(rows).reshape(got.shape))

@@ -12,6 +12,7 @@ import math
 import random
 import struct
 
+import numpy as np
 import pytest
 
 from schemas import headers, sensor, sensor_columns
@@ -211,3 +212,28 @@ def test_a_polls_headers_are_checked_like_record_by_record():
             except ValidationError as exc:
                 want = (0, (type(exc).__name__, str(exc)))
             assert (t, None if e is None else (type(e).__name__, str(e))) == want
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_compiled_plausibility_check_agrees_with_the_range_arithmetic(seed):
+    """`_plausible` row by row against the same bounds as whole-array numpy arithmetic, on
+    rows mixing good values, NaN, infinities, edges and lat/lon present, absent or half."""
+    rng = random.Random(seed)
+    n = 400
+    edges = [*BAD_FLOATS, 0.0, 90.0, -90.0, 180.0, -180.0, 1e6, -1e6]
+    vals = np.array(
+        [
+            [rng.choice(edges) if rng.random() < 0.3 else rng.uniform(-1, 1) for _ in range(8)]
+            for _ in range(n)
+        ]
+    )
+    vals[rng.sample(range(n), 80), 6:] = math.nan  # no fix: lat and lon both absent
+    ints = np.array([[rng.choice([-1, 0, 5, 2**62]) for _ in range(2)] for _ in range(n)])
+    q = np.frombuffer(bytes(rng.choice([0, 1, 254, 255]) for _ in range(n)), np.int8)
+    low, high = sensor_columns._LOW, sensor_columns._HIGH
+    inside = (vals >= low) & (vals <= high)
+    inside[:, 6:] |= np.isnan(vals[:, 6:]).all(axis=1, keepdims=True)
+    want = inside.all(axis=1) & (ints.min(axis=1) >= 0) & (q >= -1)
+    got = sensor_columns._plausible(ints, vals, q)
+    assert 0 < want.sum() < n
+    np.testing.assert_array_equal(got, want)
