@@ -218,30 +218,27 @@ def _bodies(buf: bytes, at: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return ints, vals, np.ndarray(n, np.int8, bodies, size - 1, (size,))
 
 
-def _plausible(ints: np.ndarray, vals: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Per frame: would validate_frame accept its numbers (ranges, lat/lon together)?"""
-    return _plausible_rows(ints, vals, q, _LOW, _HIGH)
-
-
 _READONLY_INT8 = numba.types.Array(numba.int8, 1, "A", readonly=True)
+"""gnss_quality as :func:`_bodies` gives it: a view of the poll's bytes."""
 
 
 @numba.njit(
-    numba.boolean[::1](
-        numba.int64[:, ::1], numba.float64[:, ::1], _READONLY_INT8, *[numba.float64[::1]] * 2
-    ),
+    numba.boolean[::1](numba.int64[:, ::1], numba.float64[:, ::1], _READONLY_INT8),
     cache=True,
     nogil=True,
 )
-def _plausible_rows(ints, vals, q, low, high):
-    """:func:`_plausible` row by row (one compiled call: a poll is often one frame). A NaN
-    is in no range; lat and lon are checked only when either is present."""
+def _plausible(ints, vals, q):
+    """Per frame: would validate_frame accept its numbers (ranges, lat/lon together)?
+
+    Compiled, row by row (a poll is often one frame); ``_LOW``/``_HIGH`` are frozen in at
+    compile time. A NaN is in no range; lat and lon are checked only when either is present.
+    """
     ok = np.empty(len(q), np.bool_)
     for i in range(len(q)):
         good = ints[i, 0] >= 0 and ints[i, 1] >= 0 and q[i] >= -1
         last = 6 if np.isnan(vals[i, 6]) and np.isnan(vals[i, 7]) else 8
         for c in range(last):
-            good = good and low[c] <= vals[i, c] <= high[c]
+            good = good and _LOW[c] <= vals[i, c] <= _HIGH[c]
         ok[i] = good
     return ok
 
