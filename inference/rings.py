@@ -128,3 +128,8 @@ def _store(rt, rv, at, times, values, frame, slot, end, out):
             out[q, j, 0] = (np.float64(flat_t[p]) - newest) / NS
             for c in range(STATE):
                 out[q, j, 1 + c] = flat_v[p, c]
+
+
+# A kernel's first call types its arguments in Python (importing numpy.ma): ~1-35 ms, paid
+# here at import rather than by the first frame served.
+Rings(1, 1).store([0], np.zeros(1, np.int64), np.zeros((1, 8)), [0], [0], [1], 1)
