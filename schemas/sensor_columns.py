@@ -8,6 +8,7 @@ vectorised passes per poll instead of a few Python objects per frame.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Sequence
@@ -22,7 +23,6 @@ from schemas.errors import ValidationError
 from schemas.headers import Headers
 from schemas.sensor import (
     _BODY,
-    _COUNT,
     MAX_ABS_ACCEL,
     MAX_ABS_POSITION_M,
     MAX_ABS_YAW_RATE,
@@ -52,6 +52,7 @@ _LOW, _HIGH = np.array(
 """validate_frame's ranges of the :data:`VALUE_COLUMNS`; NaN is in none."""
 _VEHICLE_IDS: dict[bytes, str] = {}
 """UTF-8 vehicle ids already decoded (a fleet repeats them in every poll)."""
+_BODY_SIZE = _BODY.size
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -121,21 +122,20 @@ class FrameColumns:
 def decode_columns(values: Sequence[bytes]) -> FrameColumns:
     """Decode sensor values (a poll's records) at once into columns.
 
-    The same frames and the same errors as :func:`decode_frames` record by record. The
-    framing (a count, then per frame a length-prefixed vehicle id) is followed byte by byte;
-    the fixed-size frame bodies of the whole poll are then read and checked against
-    validate_frame's bounds in one vectorised pass. A record that is not whole and valid is
-    handed to :func:`decode_frames`, whose exception (CodecError or ValidationError) is the
-    record's error.
+    The same frames and the same errors as :func:`decode_frames` record by record. One
+    compiled pass (:func:`_scan`) follows every record's framing (a count, then per frame a
+    length-prefixed vehicle id and a fixed-size body), reads the bodies and checks them
+    against validate_frame's bounds. A record that is not whole and valid is handed to
+    :func:`decode_frames`, whose exception (CodecError or ValidationError) is the record's
+    error.
     """
     buf = b"".join(values)
-    rec, body_at, raw_ids, bad = _framing(buf, values)
-    ints, vals, q = _bodies(buf, body_at)
-    vids = _vehicle_ids(raw_ids)
-    suspect = set(bad)
-    if len(rec):
-        fine = _plausible(ints, vals, q).tolist()
-        suspect.update(r for r, ok, v in zip(rec, fine, vids, strict=True) if not ok or v is None)
+    ends = np.fromiter(itertools.accumulate(map(len, values)), np.int64, len(values))
+    rec, id_at, seq, times, vals, q, bounds, flagged = _scan(np.frombuffer(buf, np.uint8), ends)
+    vids = _vehicle_ids([buf[a + 1 : a + 1 + buf[a]] for a in id_at.tolist()])
+    suspect = set(flagged.tolist())
+    if None in vids:
+        suspect.update(r for r, v in zip(rec.tolist(), vids, strict=True) if v is None)
     errors: list[ValidationError | None] = [None] * len(values)
     for r in sorted(suspect):
         try:
@@ -145,107 +145,93 @@ def decode_columns(values: Sequence[bytes]) -> FrameColumns:
         else:  # never seen: the two passes read and check exactly as decode_frames does
             return _per_record(values)
     if suspect:  # drop the frames of bad records
-        keep = [errors[r] is None for r in rec]
-        rec = [r for r, k in zip(rec, keep, strict=True) if k]
+        keep = [errors[r] is None for r in rec.tolist()]
         vids = [v for v, k in zip(vids, keep, strict=True) if k]
-        ints, vals, q = ints[keep], vals[keep], q[keep]
-    seq, times = ints[:, 0].tolist(), ints[:, 1].copy()
+        rec, seq, times, vals, q = rec[keep], seq[keep], times[keep], vals[keep], q[keep]
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(rec, minlength=len(values)))])
     return FrameColumns(
         vids,  # type: ignore[arg-type]  # None only in records dropped above
-        seq,
+        seq.tolist(),
         times.tolist(),
         times,
         vals,
         q,
-        _bounds(rec, len(values)),
+        bounds.tolist(),
         errors,
     )
 
 
-def _framing(
-    buf: bytes, values: Sequence[bytes]
-) -> tuple[list[int], list[int], list[bytes], list[int]]:
-    """Follow every record's framing: per frame its record, where its body starts and its
-    raw vehicle id; and the records decode_frames cannot read (empty, truncated, no frames,
-    trailing bytes)."""
-    rec: list[int] = []
-    body_at: list[int] = []
-    raw_ids: list[bytes] = []
-    bad: list[int] = []
-    body = _BODY.size
-    end = 0
-    for r, value in enumerate(values):
-        start, end = end, end + len(value)
-        first = len(rec)
-        count = buf[start] | buf[start + 1] << 8 if end - start >= _COUNT.size else 0
-        at = start + _COUNT.size
-        for _ in range(count):
-            if at >= end or at + 1 + buf[at] + body > end:
-                break
-            b = at + 1 + buf[at]
-            rec.append(r)
-            body_at.append(b)
-            raw_ids.append(buf[at + 1 : b])
-            at = b + body
-        else:
-            if count and at == end:
-                continue
-        del rec[first:], body_at[first:], raw_ids[first:]
-        bad.append(r)
-    return rec, body_at, raw_ids, bad
+@numba.njit(cache=True, nogil=True)
+def _plausible(seq, t, vals, q):
+    """Would validate_frame accept these numbers (ranges, lat/lon together)? ``_LOW`` and
+    ``_HIGH`` are frozen in at compile time; a NaN is in no range; lat and lon are checked
+    only when either is present."""
+    good = seq >= 0 and t >= 0 and q >= -1
+    last = 6 if np.isnan(vals[6]) and np.isnan(vals[7]) else 8
+    for c in range(last):
+        good = good and _LOW[c] <= vals[c] <= _HIGH[c]
+    return good
 
 
-def _bounds(rec: list[int], n: int) -> list[int]:
-    """Frames of record r are bounds[r]:bounds[r + 1] (``rec`` is sorted)."""
-    bounds = [0] * (n + 1)
-    for r in rec:
-        bounds[r + 1] += 1
-    for r in range(n):
-        bounds[r + 1] += bounds[r]
-    return bounds
-
-
-def _bodies(buf: bytes, at: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The frame bodies starting at ``at``: seq and t_event_ns (int64 ``[N, 2]``), the
-    :data:`VALUE_COLUMNS` (float64 ``[N, 8]``) and gnss_quality (int8 ``[N]``)."""
-    if not at:
-        return np.zeros((0, 2), np.int64), np.zeros((0, 8)), np.zeros(0, np.int8)
-    size = _BODY.size
-    bodies = b"".join([buf[a : a + size] for a in at])
-    n = len(at)
-    ints = np.ndarray((n, 2), "<i8", bodies, 0, (size, 8)).astype(np.int64)
-    vals = np.ndarray((n, 8), "<f8", bodies, 16, (size, 8)).astype(np.float64)
-    return ints, vals, np.ndarray(n, np.int8, bodies, size - 1, (size,))
-
-
-_READONLY_INT8 = numba.types.Array(numba.int8, 1, "A", readonly=True)
-"""gnss_quality as :func:`_bodies` gives it: a view of the poll's bytes."""
+_I64, _F64 = numba.int64[::1], numba.float64[:, ::1]
 
 
 @numba.njit(
-    numba.boolean[::1](numba.int64[:, ::1], numba.float64[:, ::1], _READONLY_INT8),
+    numba.types.Tuple((_I64, _I64, _I64, _I64, _F64, numba.int8[::1], _I64, _I64))(
+        numba.types.Array(numba.uint8, 1, "C", readonly=True), _I64
+    ),
     cache=True,
     nogil=True,
 )
-def _plausible(ints, vals, q):
-    """Per frame: would validate_frame accept its numbers (ranges, lat/lon together)?
-
-    Compiled, row by row (a poll is often one frame); ``_LOW``/``_HIGH`` are frozen in at
-    compile time. A NaN is in no range; lat and lon are checked only when either is present.
-    """
-    ok = np.empty(len(q), np.bool_)
-    for i in range(len(q)):
-        good = ints[i, 0] >= 0 and ints[i, 1] >= 0 and q[i] >= -1
-        last = 6 if np.isnan(vals[i, 6]) and np.isnan(vals[i, 7]) else 8
-        for c in range(last):
-            good = good and _LOW[c] <= vals[i, c] <= _HIGH[c]
-        ok[i] = good
-    return ok
-
-
-# A kernel's first call types its arguments in Python (importing numpy.ma): ~1-35 ms, paid
-# here at import rather than by the first frame served.
-_plausible(*_bodies(bytes(_BODY.size), [0]))
+def _scan(buf, ends):
+    """A poll's bytes (records ending at ``ends``) as columns of the frames of its whole
+    records: record, where the vehicle id's length byte is, seq, t_event_ns, the
+    :data:`VALUE_COLUMNS` and gnss_quality; frame bounds per record; and the records that
+    are not whole (empty, truncated, no frames, trailing bytes) or hold a frame out of
+    validate_frame's ranges, in order."""
+    counts = np.zeros(len(ends), np.int64)  # frames of each whole record, else 0
+    whole = np.zeros(len(ends), np.bool_)
+    start = 0
+    for r in range(len(ends)):
+        end = ends[r]
+        count = 0
+        if end - start >= 2:
+            count = np.int64(buf[start]) | np.int64(buf[start + 1]) << 8
+        at, k = start + 2, 0
+        while k < count and at < end and at + 1 + buf[at] + _BODY_SIZE <= end:
+            at, k = at + 1 + buf[at] + _BODY_SIZE, k + 1
+        whole[r] = count > 0 and k == count and at == end
+        counts[r] = count if whole[r] else 0
+        start = end
+    bounds = np.zeros(len(ends) + 1, np.int64)
+    bounds[1:] = np.cumsum(counts)
+    n = bounds[-1]
+    rec, id_at = np.empty(n, np.int64), np.empty(n, np.int64)
+    seq, times = np.empty(n, np.int64), np.empty(n, np.int64)
+    vals, q = np.empty((n, 8), np.float64), np.empty(n, np.int8)
+    flagged = ~whole
+    word = np.empty(1, np.uint64)  # a little-endian 8-byte field, read as int64 or float64
+    as_int, as_float = word.view(np.int64), word.view(np.float64)
+    for r in range(len(ends)):
+        at = ends[r - 1] + 2 if r else 2
+        for i in range(bounds[r], bounds[r + 1]):
+            rec[i], id_at[i] = r, at
+            body = at + 1 + buf[at]
+            for f in range(10):  # seq, t_event_ns, then the values
+                w = np.uint64(0)
+                for b in range(8):
+                    w |= np.uint64(buf[body + 8 * f + b]) << np.uint64(8 * b)
+                word[0] = w
+                if f == 0:
+                    seq[i] = as_int[0]
+                elif f == 1:
+                    times[i] = as_int[0]
+                else:
+                    vals[i, f - 2] = as_float[0]
+            q[i] = np.int8(buf[body + 80])
+            flagged[r] |= not _plausible(seq[i], times[i], vals[i], q[i])
+            at = body + _BODY_SIZE
+    return rec, id_at, seq, times, vals, q, bounds, np.flatnonzero(flagged).astype(np.int64)
 
 
 def _vehicle_ids(raw: list[bytes]) -> list[str | None]:
@@ -315,3 +301,8 @@ def check_frame_headers_many(
             except ValidationError as exc:
                 errors[r] = exc
     return out, errors
+
+
+# A kernel's first call types its arguments in Python (importing numpy.ma): ~1-35 ms, paid
+# here at import rather than by the first frame served.
+decode_columns([])

@@ -218,9 +218,10 @@ def test_a_polls_headers_are_checked_like_record_by_record():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_the_compiled_plausibility_check_agrees_with_the_range_arithmetic(seed):
-    """`_plausible` row by row against the same bounds as whole-array numpy arithmetic, on
-    rows mixing good values, NaN, infinities, edges and lat/lon present, absent or half."""
+def test_the_compiled_range_check_agrees_with_the_range_arithmetic(seed):
+    """`_scan` flags a record of one frame exactly when whole-array numpy arithmetic over
+    the same bounds rejects it, on rows mixing good values, NaN, infinities, edges and
+    lat/lon present, absent or half."""
     rng = random.Random(seed)
     n = 400
     edges = [*BAD_FLOATS, 0.0, 90.0, -90.0, 180.0, -180.0, 1e6, -1e6]
@@ -232,14 +233,21 @@ def test_the_compiled_plausibility_check_agrees_with_the_range_arithmetic(seed):
     )
     vals[rng.sample(range(n), 80), 6:] = math.nan  # no fix: lat and lon both absent
     ints = np.array([[rng.choice([-1, 0, 5, 2**62]) for _ in range(2)] for _ in range(n)])
-    q = np.frombuffer(bytes(rng.choice([0, 1, 254, 255]) for _ in range(n)), np.int8)
+    q = np.array([rng.choice([0, 1, -2, -1, -128, 127]) for _ in range(n)], np.int8)
     low, high = sensor_columns._LOW, sensor_columns._HIGH
     inside = (vals >= low) & (vals <= high)
     inside[:, 6:] |= np.isnan(vals[:, 6:]).all(axis=1, keepdims=True)
     want = inside.all(axis=1) & (ints.min(axis=1) >= 0) & (q >= -1)
-    got = sensor_columns._plausible(ints, vals, q)
+    records = [
+        struct.pack("<HB1s", 1, 1, b"v") + BODY.pack(*ints[r], *vals[r], q[r]) for r in range(n)
+    ]
+    ends = np.cumsum([len(v) for v in records])
+    *columns, flagged = sensor_columns._scan(np.frombuffer(b"".join(records), np.uint8), ends)
     assert 0 < want.sum() < n
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(flagged, np.flatnonzero(~want))
+    np.testing.assert_array_equal(columns[4], vals)  # values read back bit for bit
+    np.testing.assert_array_equal(np.stack([columns[2], columns[3]], axis=1), ints)
+    np.testing.assert_array_equal(columns[5], q)
 
 
 _FIRST_CALLS = {
