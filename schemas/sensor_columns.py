@@ -23,6 +23,7 @@ from schemas.errors import ValidationError
 from schemas.headers import Headers
 from schemas.sensor import (
     _BODY,
+    _COUNT,
     MAX_ABS_ACCEL,
     MAX_ABS_POSITION_M,
     MAX_ABS_YAW_RATE,
@@ -52,7 +53,9 @@ _LOW, _HIGH = np.array(
 """validate_frame's ranges of the :data:`VALUE_COLUMNS`; NaN is in none."""
 _VEHICLE_IDS: dict[bytes, str] = {}
 """UTF-8 vehicle ids already decoded (a fleet repeats them in every poll)."""
-_BODY_SIZE = _BODY.size
+_COUNT_SIZE, _BODY_SIZE = _COUNT.size, _BODY.size
+_FIELDS = (_BODY_SIZE - 1) // 8
+"""Eight-byte fields of a body (seq, t_event_ns, the values); gnss_quality is its last byte."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -195,9 +198,9 @@ def _scan(buf, ends):
     for r in range(len(ends)):
         end = ends[r]
         count = 0
-        if end - start >= 2:
+        if end - start >= _COUNT_SIZE:
             count = np.int64(buf[start]) | np.int64(buf[start + 1]) << 8
-        at, k = start + 2, 0
+        at, k = start + _COUNT_SIZE, 0
         while k < count and at < end and at + 1 + buf[at] + _BODY_SIZE <= end:
             at, k = at + 1 + buf[at] + _BODY_SIZE, k + 1
         whole[r] = count > 0 and k == count and at == end
@@ -213,11 +216,11 @@ def _scan(buf, ends):
     word = np.empty(1, np.uint64)  # a little-endian 8-byte field, read as int64 or float64
     as_int, as_float = word.view(np.int64), word.view(np.float64)
     for r in range(len(ends)):
-        at = ends[r - 1] + 2 if r else 2
+        at = (ends[r - 1] if r else 0) + _COUNT_SIZE
         for i in range(bounds[r], bounds[r + 1]):
             rec[i], id_at[i] = r, at
             body = at + 1 + buf[at]
-            for f in range(10):  # seq, t_event_ns, then the values
+            for f in range(_FIELDS):  # seq, t_event_ns, then the values
                 w = np.uint64(0)
                 for b in range(8):
                     w |= np.uint64(buf[body + 8 * f + b]) << np.uint64(8 * b)
@@ -228,7 +231,7 @@ def _scan(buf, ends):
                     times[i] = as_int[0]
                 else:
                     vals[i, f - 2] = as_float[0]
-            q[i] = np.int8(buf[body + 80])
+            q[i] = np.int8(buf[body + _BODY_SIZE - 1])
             flagged[r] |= not _plausible(seq[i], times[i], vals[i], q[i])
             at = body + _BODY_SIZE
     return rec, id_at, seq, times, vals, q, bounds, np.flatnonzero(flagged).astype(np.int64)
