@@ -490,7 +490,7 @@ def tables(rows: list[dict], backlog: list[dict], systems: list[str], idle: list
     return "\n".join(out)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bootstrap", default=None, help="use this broker (default: start one)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="of floor,serve,peer")
@@ -512,7 +512,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--peer-python", default="", help="the peer's interpreter (default: built)")
     p.add_argument("--peer-linger-ms", type=float, default=2.0, help="the peer's producer's")
     p.add_argument("--json", default="", help="write every run's figures here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
     if not args.systems or set(args.systems) - set(SYSTEMS):
         p.error(f"--systems must name some of {','.join(SYSTEMS)}")
@@ -534,11 +534,10 @@ def java_options(option: str) -> Iterator[None]:
             os.environ["JAVA_TOOL_OPTIONS"] = before
 
 
-def main() -> None:
-    args = parse_args()
-    # both end in an exception, so the finally blocks stop everything this bench started
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+@contextlib.contextmanager
+def open_bench(args: argparse.Namespace) -> Iterator[Bench]:
+    """What every measurement shares: ``--bootstrap``'s broker or one started here (with a
+    GC log), the model, the peer's interpreter if ``peer`` is measured; all stopped on exit."""
     with contextlib.ExitStack() as stack:
         peer = None
         if "peer" in args.systems:
@@ -559,7 +558,20 @@ def main() -> None:
             broker_pid = state.nodes[0].pid if state else None
         procs = Procs()
         stack.callback(procs.close)
-        b = Bench(args, bootstrap, procs, record, tmp / "model.onnx", peer, broker_pid, gc_log)
+        yield Bench(args, bootstrap, procs, record, tmp / "model.onnx", peer, broker_pid, gc_log)
+
+
+def exit_cleanly_on_signals() -> None:
+    """SIGTERM and SIGINT end in an exception, so the finally blocks stop everything the
+    bench started (SIGINT even if the bench was started ignoring it)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def main() -> None:
+    args = parse_args()
+    exit_cleanly_on_signals()
+    with open_bench(args) as b:
         rows: list[dict] = []
         backlog: list[dict] = []
         idle: list[dict] = []
@@ -588,7 +600,7 @@ def main() -> None:
         if args.json:
             config = {k: v for k, v in vars(args).items() if k != "json"}
             config["peer_requirements"] = PEER_REQUIREMENTS
-            doc = {"config": config, "bootstrap": bootstrap, "rates": rows, "backlog": backlog}
+            doc = {"config": config, "bootstrap": b.bootstrap, "rates": rows, "backlog": backlog}
             doc["idle"] = idle
             Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
             print(f"\nwrote {args.json}")

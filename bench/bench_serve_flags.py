@@ -11,15 +11,10 @@ state from deciding the comparison.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import sys
-import tempfile
 from pathlib import Path
 
 import bench_peer as bp  # bench/ is on sys.path as a script; bench_e2e adds the repo root
-
-from pipeline.broker import BrokerConfig, LocalBroker
 
 
 def main() -> None:
@@ -30,17 +25,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", default="", help="write every measurement here")
     args = p.parse_args()
-    sys.argv = sys.argv[:1]
-    peer_args = bp.parse_args()  # the peer bench's defaults (budget, batch, model, device)
-    peer_args.duration = args.duration
+    # the peer bench's defaults (budget, batch, model, device); no peer
+    peer_args = bp.parse_args(["--systems", "floor,serve", "--duration", str(args.duration)])
+    bp.exit_cleanly_on_signals()
     rows: list[dict] = []
-    with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        broker = stack.enter_context(LocalBroker(BrokerConfig(data_dir=tmp / "kafka", port=0)))
-        procs = bp.Procs()
-        stack.callback(procs.close)
-        record = bp.model_record(peer_args.model)
-        b = bp.Bench(peer_args, broker.bootstrap, procs, record, tmp / "m.onnx", None, None)
+    with bp.open_bench(peer_args) as b:
         bp.measure_rate(b, "floor", args.rate, 10)  # the broker's JIT, discarded
         for run in range(1, args.runs + 1):
             order = args.flag_sets if run % 2 else args.flag_sets[::-1]
