@@ -65,12 +65,9 @@ SENSOR_YAW_FRAMES = 3
 """The sensor yaw rate is the mean of the newest this many frames."""
 
 
-def _slope(t: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Least-squares slope of q over t per row; 0 where the times do not spread."""
-    tc = t - t.mean(1, keepdim=True)
-    qc = q - q.mean(1, keepdim=True)
-    var = (tc * tc).sum(1)
-    return (tc * qc).sum(1) / torch.clamp(var, min=1e-3) * (var > 1e-3).to(q.dtype)
+def _wrap(angle: torch.Tensor) -> torch.Tensor:
+    """``angle`` in [-pi, pi] by a round: four ONNX nodes, where atan2 takes ten."""
+    return angle - (2 * math.pi) * torch.round(angle / (2 * math.pi))
 
 
 def _integration_matrix(horizons: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +92,10 @@ class TrajectoryModel(nn.Module):
     use_accel: torch.Tensor
     use_position: torch.Tensor
     yaw_select: torch.Tensor
+    candidate_select: torch.Tensor
+    fit_low: torch.Tensor
+    fit_high: torch.Tensor
+    quarter_turn: torch.Tensor
 
     def __init__(self, spec: InputSpec, hidden: int = 64) -> None:
         super().__init__()
@@ -115,11 +116,28 @@ class TrajectoryModel(nn.Module):
                 [float(v == "position") for _, v, _, _ in CANDIDATES], dtype=torch.float32
             ),
         )
-        # yaw per candidate = [0, sensor, heading] @ yaw_select[:, c]
+        # use_accel, use_position and yaw_select (yaw per candidate = [0, sensor, heading] @
+        # yaw_select[:, c]) are kept, and saved in trainer checkpoints, for those to load;
+        # candidate_select is built from them
         select = torch.zeros(3, n_c)
         for c, (_, _, _, yaw) in enumerate(CANDIDATES):
             select[{"": 0, "sensor": 1, "heading": 2}[yaw], c] = 1.0
         self.register_buffer("yaw_select", select)
+        # the estimates [v_sensor, a, w_sensor, w_heading, v_position, phi_position] ->
+        # each candidate's (speed, accel, yaw rate, direction): one product, not a node a term
+        pick = torch.zeros(6, 4, n_c)
+        pick[0, 0], pick[4, 0] = 1.0 - self.use_position, self.use_position
+        pick[1, 1] = self.use_accel
+        pick[2, 2], pick[3, 2] = select[1], select[2]
+        pick[5, 3] = self.use_position
+        self.register_buffer("candidate_select", pick.reshape(6, 4 * n_c), persistent=False)
+        # bounds of the fitted accel, heading yaw rate and ego velocity (x, y)
+        low = (ACCEL_BOUND[0], -YAW_BOUND, -MAX_SPEED, -MAX_SPEED)
+        high = (ACCEL_BOUND[1], YAW_BOUND, MAX_SPEED, MAX_SPEED)
+        self.register_buffer("fit_low", torch.tensor(low), persistent=False)
+        self.register_buffer("fit_high", torch.tensor(high), persistent=False)
+        # (x, y) -> (-y, x) is a flip, then this
+        self.register_buffer("quarter_turn", torch.tensor([-1.0, 1.0]), persistent=False)
 
         n_in = spec.history * len(_FEATURE_SCALE) + len(_ESTIMATE_SCALE)
         self.trunk = nn.Sequential(
@@ -135,77 +153,77 @@ class TrajectoryModel(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def _inputs(
-        self, history: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Network input, the kinematic estimates [B, 6] (v, a, w_sensor, w_heading, ego
-        velocity fit x, y) and the newest frame's x0, y0, heading."""
-        last = history[:, -1, :]
-        x0, y0, h0 = last[:, 1:2], last[:, 2:3], last[:, 4:5]
+    def _inputs(self, history: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Network input, the kinematic estimates ``[B, 6]`` (v, a, w_sensor, w_heading, ego
+        velocity fit x, y), the newest frame's position ``[B, 2]``, and the cosine and sine
+        of its heading ``[B, 1]``.
+
+        Written for a small graph, since ONNX Runtime's cost for a lone window is mostly per
+        node: one split of the columns, four slopes sharing their time terms, no atan2 to
+        unwrap; and every series a row ``[B, T]``, where broadcasts run fastest.
+        """
+        cols = history.split(1, dim=-1)  # [B, T, 1] each
+        t, x, y, speed, heading = (col.squeeze(-1) for col in cols[:5])  # [B, T] each
+        x0, y0, h0 = x[:, -1:], y[:, -1:], heading[:, -1:]  # [B, 1]
         c, s = torch.cos(h0), torch.sin(h0)
-        rx, ry = history[:, :, 1] - x0, history[:, :, 2] - y0
+        rx, ry = x - x0, y - y0
         ex, ey = c * rx + s * ry, c * ry - s * rx
-        dh = history[:, :, 4] - h0
-        dh = torch.atan2(torch.sin(dh), torch.cos(dh))  # unwrapped around the newest heading
-        t = history[:, :, 0]
-        v = torch.clamp(last[:, 3], 0.0, MAX_SPEED)
-        a = torch.clamp(_slope(t, history[:, :, 3]), ACCEL_BOUND[0], ACCEL_BOUND[1])
-        w_s = history[:, -SENSOR_YAW_FRAMES:, 5].mean(1).clamp(-YAW_BOUND, YAW_BOUND)
-        w_h = _slope(t, dh).clamp(-YAW_BOUND, YAW_BOUND)
-        feats = torch.stack(
-            [t, ex, ey, history[:, :, 3], torch.cos(dh), torch.sin(dh), history[:, :, 5],
-             history[:, :, 6]],
-            dim=-1,
-        )  # fmt: skip
-        vpx = _slope(t, ex).clamp(-MAX_SPEED, MAX_SPEED)
-        vpy = _slope(t, ey).clamp(-MAX_SPEED, MAX_SPEED)
-        est = torch.stack([v, a, w_s, w_h, vpx, vpy], dim=-1)
+        dh = _wrap(heading - h0)  # unwrapped around the newest heading
+        # least-squares slopes over t of speed, heading and ego position (sum tc * q equals
+        # sum tc * (q - mean q)): accel, heading yaw rate, ego velocity x and y
+        tc = t - t.mean(1, keepdim=True)
+        var = (tc * tc).sum(1, keepdim=True)
+        fits = torch.cat([(tc * q).sum(1, keepdim=True) for q in (speed, dh, ex, ey)], dim=1)
+        fits = fits / torch.clamp(var, min=1e-3) * (var > 1e-3).to(fits.dtype)  # 0: no spread
+        fits = torch.minimum(torch.maximum(fits, self.fit_low), self.fit_high)
+        v = torch.clamp(speed[:, -1:], 0.0, MAX_SPEED)
+        w_s = cols[5][:, -SENSOR_YAW_FRAMES:].mean(1).clamp(-YAW_BOUND, YAW_BOUND)
+        est = torch.cat([v, fits[:, :1], w_s, fits[:, 1:]], dim=1)
+        made = [q.unsqueeze(-1) for q in (ex, ey, torch.cos(dh), torch.sin(dh))]
+        feats = torch.cat([cols[0], *made[:2], cols[3], *made[2:], *cols[5:]], dim=-1)
         z = torch.cat([(feats * self.feature_scale).flatten(1), est * self.estimate_scale], 1)
-        z = torch.clamp(z, -_CLAMP, _CLAMP)
-        return z, est, x0, y0, h0
+        return torch.clamp(z, -_CLAMP, _CLAMP), est, torch.cat([x0, y0], dim=1), c, s
 
-    def _candidates_ego(self, est: torch.Tensor) -> torch.Tensor:
-        """[B, C, K, 2] ego-frame candidate trajectories from the estimates."""
-        v_s = est[:, 0:1]
-        vpx, vpy = est[:, 4:5], est[:, 5:6]
-        v_p = torch.sqrt(vpx * vpx + vpy * vpy + 1e-6)
+    def _rotate(self, v: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Vectors ``[..., 2]`` turned by the angle of cosine ``c`` and sine ``s``,
+        elementwise: a batched 2x2 matmul costs more than it saves."""
+        return c * v + s * (v.flip(-1) * self.quarter_turn)
+
+    def _ego_positions(self, est: torch.Tensor) -> torch.Tensor:
+        """``[B, C, 2K]``: every candidate's ego-frame x at the horizons, then its y."""
+        n_c = len(CANDIDATES)
+        vp = est[:, 4:6]
+        v_p = torch.sqrt((vp * vp).sum(1, keepdim=True) + 1e-6)
         # direction of the fitted velocity relative to the heading (0 when nearly standing)
-        phi_p = torch.atan2(vpy, vpx + 1e-3) * (v_p > 0.5).to(v_p.dtype)
-        pos = self.use_position
-        v = v_s * (1.0 - pos) + v_p * pos  # [B, C]
-        phi = phi_p * pos
-        yaws = torch.stack([torch.zeros_like(est[:, 2]), est[:, 2], est[:, 3]], dim=-1)
-        w = yaws @ self.yaw_select  # [B, C]
-        acc = est[:, 1:2] * self.use_accel  # [B, C]
-        t = self.grid_t[None, None, :]
-        speed = torch.relu(v[:, :, None] + acc[:, :, None] * t)  # braking stops, never reverses
-        theta = phi[:, :, None] + w[:, :, None] * t
-        ex = (speed * torch.cos(theta)) @ self.grid_w.t()  # [B, C, K]
-        ey = (speed * torch.sin(theta)) @ self.grid_w.t()
-        return torch.stack([ex, ey], dim=-1)
-
-    @staticmethod
-    def _to_world(
-        e: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, h0: torch.Tensor
-    ) -> torch.Tensor:
-        c, s = torch.cos(h0), torch.sin(h0)
-        ex, ey = e[..., 0], e[..., 1]
-        return torch.stack([x0 + c * ex - s * ey, y0 + s * ex + c * ey], dim=-1)
+        phi_p = torch.atan2(est[:, 5:6], est[:, 4:5] + 1e-3) * (v_p > 0.5).to(v_p.dtype)
+        # each candidate's speed, acceleration, yaw rate and direction, in one product
+        params = torch.cat([est[:, :4], v_p, phi_p], dim=1) @ self.candidate_select
+        v, acc, w, phi = params.reshape(-1, 4 * n_c, 1).split(n_c, dim=1)  # [B, C, 1] each
+        t, to_horizons = self.grid_t, self.grid_w.t()
+        speed = torch.relu(v + acc * t)  # braking stops, never reverses
+        theta = phi + w * t
+        ex = (speed * torch.cos(theta)) @ to_horizons  # midpoint sums over the time grid
+        ey = (speed * torch.sin(theta)) @ to_horizons
+        return torch.cat([ex, ey], dim=-1)
 
     def candidates(self, history: torch.Tensor) -> torch.Tensor:
         """[B, C, K, 2] absolute positions of every physics candidate (for diagnostics)."""
-        _, est, x0, y0, h0 = self._inputs(history)
-        e = self._candidates_ego(est)
-        return self._to_world(e, x0[:, :, None], y0[:, :, None], h0[:, :, None])
+        _, est, xy0, c, s = self._inputs(history)
+        e = self._ego_positions(est).reshape(-1, len(CANDIDATES), 2, len(self.horizons))
+        c, s = c[:, :, None, None], s[:, :, None, None]
+        return self._rotate(e.transpose(2, 3), c, s) + xy0[:, None, None, :]
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        z, est, x0, y0, h0 = self._inputs(history)
+        z, est, xy0, c, s = self._inputs(history)
+        n_k = len(self.horizons)
         hid = self.trunk(z)
         weights = torch.softmax(self.blend_head(hid) + self.blend_bias, dim=-1)  # [B, C]
-        blend = (weights[:, :, None, None] * self._candidates_ego(est)).sum(1)  # [B, K, 2]
-        r = (self.residual_head(hid) + self.residual_linear(z)).reshape(-1, len(self.horizons), 2)
-        bound = RESIDUAL_MPS * self.horizons[None, :, None]
-        return self._to_world(blend + bound * torch.tanh(r / bound), x0, y0, h0)
+        blend = (weights[:, :, None] * self._ego_positions(est)).sum(1)  # [B, 2K]
+        blend = blend.reshape(-1, 2, n_k).transpose(1, 2)  # [B, K, 2]
+        r = (self.residual_head(hid) + self.residual_linear(z)).reshape(-1, n_k, 2)
+        bound = RESIDUAL_MPS * self.horizons[:, None]
+        e = blend + bound * torch.tanh(r / bound)
+        return self._rotate(e, c[:, :, None], s[:, :, None]) + xy0[:, None, :]
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(blend parameters, residual parameters): they learn at different rates."""
