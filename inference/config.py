@@ -44,7 +44,10 @@ class ServeConfig:
     model_name: str = setting("", "serve only this model name ('' = any)")
     max_batch: int = setting(64, "largest micro-batch across vehicles")
     max_wait_us: int = setting(
-        500, "longest a frame waits for its batch to fill, microseconds (only while waits pay)"
+        0,
+        "longest a frame waits for its batch to fill, microseconds (only while waits pay); "
+        "0: a batch is what arrived while the previous one ran, the lowest latency. A wait "
+        "saves model runs (CPU, GPU launches) at the cost of the frames that wait",
     )
     budget_ms: float = setting(50.0, "latency budget per frame after its t_produce_ns")
     linger_ms: float = setting(

@@ -203,6 +203,28 @@ def test_lone_frames_stop_waiting_for_a_batch_once_waits_bring_no_frames() -> No
     assert all(p.source == "model" for p in producer.predictions()[9:])
 
 
+def test_by_default_a_polls_model_frames_are_answered_in_its_iteration_as_one_batch() -> None:
+    """No timed wait by default: frames arriving in pieces (a burst split across fetches)
+    are answered piece by piece, each in the loop iteration that polled it."""
+    svc, producer, consumer = make_service()
+    serve(svc, InputSpec())
+    for seq in range(10):  # history, so the model can answer
+        consumer.batches = [[record(seq, [frame(v, seq) for v in "abc"])]]
+        svc.step()
+    runs = []
+    svc.answerer.batch = lambda model, items, run=svc.answerer.batch: (  # type: ignore
+        runs.append(len(items)),
+        run(model, items),
+    )
+    for piece in (["a"], ["b", "c"]):
+        consumer.batches = [[record(10, [frame(v, 10) for v in piece])]]
+        sent = len(producer.sent)
+        svc.step()
+        assert len(producer.sent) == sent + len(piece)
+    assert runs == [1, 2]
+    assert all(p.source == "model" for p in producer.predictions()[-3:])
+
+
 def test_failed_delivery_is_never_committed_and_stops_the_service() -> None:
     svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
     producer.fail_on_flush = True
