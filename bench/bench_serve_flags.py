@@ -3,8 +3,7 @@
 Each round measures the floor (and with ``--peer`` the quixstreams peer), then every flag
 set once (the order reversed every other round, so no set always runs right after the
 floor), with ``bench_peer.measure_rate``: the same load, stages and CPU figures as the peer
-bench. One broker for all keeps broker
-state from deciding the comparison.
+bench. One broker for all keeps broker state from deciding the comparison.
 
     python bench/bench_serve_flags.py --rate 1000 --duration 30 --runs 3 [--peer] \
         '' '--max-in-flight 2'
