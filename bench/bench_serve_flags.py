@@ -31,12 +31,12 @@ def main() -> None:
     systems = "floor,serve,peer" if args.peer else "floor,serve"
     peer_args = bp.parse_args(["--systems", systems, "--duration", str(args.duration)])
     bp.exit_cleanly_on_signals()
+    others = ["floor", "peer"] if args.peer else ["floor"]
     rows: list[dict] = []
     with bp.open_bench(peer_args) as b:
         bp.measure_rate(b, "floor", args.rate, 10)  # the broker's JIT, discarded
         for run in range(1, args.runs + 1):
             order = args.flag_sets if run % 2 else args.flag_sets[::-1]
-            others = ["floor", "peer"] if args.peer else ["floor"]
             for system, flags in [(s, None) for s in others] + [("serve", f) for f in order]:
                 peer_args.serve_flags = flags or ""
                 row = bp.measure_rate(b, system, args.rate)

@@ -167,7 +167,7 @@ class TrajectoryModel(nn.Module):
         x0, y0, h0 = x[:, -1:], y[:, -1:], heading[:, -1:]  # [B, 1]
         c, s = torch.cos(h0), torch.sin(h0)
         rx, ry = x - x0, y - y0
-        ex, ey = c * rx + s * ry, c * ry - s * rx
+        ex, ey = c * rx + s * ry, c * ry - s * rx  # _rotate by -heading, on rows
         dh = _wrap(heading - h0)  # unwrapped around the newest heading
         # least-squares slopes over t of speed, heading and ego position (sum tc * q equals
         # sum tc * (q - mean q)): accel, heading yaw rate, ego velocity x and y
@@ -188,6 +188,14 @@ class TrajectoryModel(nn.Module):
         """Vectors ``[..., 2]`` turned by the angle of cosine ``c`` and sine ``s``,
         elementwise: a batched 2x2 matmul costs more than it saves."""
         return c * v + s * (v.flip(-1) * self.quarter_turn)
+
+    def _to_world(
+        self, e: torch.Tensor, xy0: torch.Tensor, c: torch.Tensor, s: torch.Tensor
+    ) -> torch.Tensor:
+        """Ego-frame positions ``[B, ..., 2]`` in the world, from the newest frame's position
+        ``xy0`` and heading cosine and sine (as :meth:`_inputs` returns them)."""
+        lead = (-1,) + (1,) * (e.dim() - 2)
+        return self._rotate(e, c.reshape(*lead, 1), s.reshape(*lead, 1)) + xy0.reshape(*lead, 2)
 
     def _ego_positions(self, est: torch.Tensor) -> torch.Tensor:
         """``[B, C, 2K]``: every candidate's ego-frame x at the horizons, then its y."""
@@ -210,8 +218,7 @@ class TrajectoryModel(nn.Module):
         """[B, C, K, 2] absolute positions of every physics candidate (for diagnostics)."""
         _, est, xy0, c, s = self._inputs(history)
         e = self._ego_positions(est).reshape(-1, len(CANDIDATES), 2, len(self.horizons))
-        c, s = c[:, :, None, None], s[:, :, None, None]
-        return self._rotate(e.transpose(2, 3), c, s) + xy0[:, None, None, :]
+        return self._to_world(e.transpose(2, 3), xy0, c, s)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         z, est, xy0, c, s = self._inputs(history)
@@ -222,8 +229,7 @@ class TrajectoryModel(nn.Module):
         blend = blend.reshape(-1, 2, n_k).transpose(1, 2)  # [B, K, 2]
         r = (self.residual_head(hid) + self.residual_linear(z)).reshape(-1, n_k, 2)
         bound = RESIDUAL_MPS * self.horizons[:, None]
-        e = blend + bound * torch.tanh(r / bound)
-        return self._rotate(e, c[:, :, None], s[:, :, None]) + xy0[:, None, :]
+        return self._to_world(blend + bound * torch.tanh(r / bound), xy0, c, s)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(blend parameters, residual parameters): they learn at different rates."""
