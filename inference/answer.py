@@ -59,26 +59,22 @@ class Answerer:
         # in_time() for the whole batch at once: same shape, same cost for every item
         shape = self.config.padded(min(len(items), self.config.max_batch))
         limit = now + self.cost_ns.get(shape, 1 * MS) + self._margin_ns
-        late = [it.origin.deadline_ns < limit for it in items]
-        if any(late):
-            self.fallback([it for it, x in zip(items, late, strict=True) if x], "late", horizons)
-            items = [it for it, x in zip(items, late, strict=True) if not x]
+        on_time = [it for it in items if it.origin.deadline_ns >= limit]
+        if len(on_time) < len(items):
+            self.fallback([it for it in items if it.origin.deadline_ns < limit], "late", horizons)
+            items = on_time
         # a swap changed the window length: only those frames fall back
         history = model.spec.history
-        windows = [None if it.window is None else it.window.array for it in items]
-        short = [w is None or w.shape[1] != history for w in windows]
-        if any(short):
-            unfit = [it for it, x in zip(items, short, strict=True) if x]
+        windows = [_fitting_window(it, history) for it in items]
+        if any(w is None for w in windows):
+            unfit = [it for it, w in zip(items, windows, strict=True) if w is None]
             self.fallback(unfit, "warmup", horizons)
-            windows = [w for w, x in zip(windows, short, strict=True) if not x]
-            items = [it for it, x in zip(items, short, strict=True) if not x]
+            items = [it for it, w in zip(items, windows, strict=True) if w is not None]
         if not items:
             return
+        blocks = [w for w in windows if w is not None]
         n = len(items)
-        shape = self.config.padded(n)
-        x = np.zeros((shape, history, len(model.spec.features)), np.float32)
-        rows = [(w, it.row) for w, it in zip(windows, items, strict=True) if w is not None]
-        x[:n] = stack_rows(rows)
+        x = _model_input(blocks, [it.row for it in items], self.config.padded(n))
         t_start = now_ns()
         try:
             out = model.run(x)
@@ -125,3 +121,29 @@ class Answerer:
         self.metrics.fallbacks.labels(reason=reason).inc(len(items))
         self.stats[f"fallback_{reason}"] += len(items)
         self.output.publish(items, out, answer)
+
+
+def _fitting_window(item: Pending, history: int) -> np.ndarray | None:
+    """The window block of ``item``'s poll if its windows are ``history`` rows long."""
+    w = item.window
+    if w is None or w.array is None or w.array.shape[1] != history:
+        return None
+    return w.array
+
+
+def _model_input(blocks: list[np.ndarray], rows: list[int], shape: int) -> np.ndarray:
+    """The model input ``[shape, history, features]``: ``blocks[i][rows[i]]`` stacked, zero
+    rows padding it to ``shape``. A batch that is its poll's whole window block, in order,
+    is that block itself: no copy (the common case without a timed batch wait)."""
+    block = blocks[0]
+    if all(b is block for b in blocks):
+        if len(block) == shape and rows == list(range(shape)):
+            return block
+        picked = block[rows]
+    else:
+        picked = stack_rows(list(zip(blocks, rows, strict=True)))
+    if len(rows) == shape:
+        return picked
+    x = np.zeros((shape, *block.shape[1:]), np.float32)
+    x[: len(rows)] = picked
+    return x

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -278,31 +277,26 @@ def check_frame_headers_many(
     it has an error) and the error per record (None if none).
 
     Headers exactly as :func:`frame_headers` writes them (tag, then an 8-byte stamp) have
-    their stamps checked at once; any other record goes through check_frame_headers.
+    their stamp read in place; any other record goes through check_frame_headers.
     """
-    plain: list[int] = []
-    raw: list[bytes] = []
+    out = [0] * len(hdrs)
+    errors: list[ValidationError | None] = [None] * len(hdrs)
+    latest = headers.now_ns() + headers.MAX_FUTURE_NS
+    stamp_key = headers.T_PRODUCE_NS
     for r, h in enumerate(hdrs):
         if type(h) is list and len(h) == 2 and type(h[0]) is tuple and h[0] == _TAG:
             s = h[1]
-            if type(s) is tuple and len(s) == 2 and s[0] == headers.T_PRODUCE_NS:
+            if type(s) is tuple and len(s) == 2 and s[0] == stamp_key:
                 v = s[1]
                 if type(v) is bytes and len(v) == 8:
-                    plain.append(r)
-                    raw.append(v)
-    out = [0] * len(hdrs)
-    errors: list[ValidationError | None] = [None] * len(hdrs)
-    checked = [False] * len(hdrs)
-    latest = headers.now_ns() + headers.MAX_FUTURE_NS
-    for r, t in zip(plain, struct.unpack(f">{len(raw)}q", b"".join(raw)), strict=True):
-        if 0 <= t <= latest:
-            out[r], checked[r] = t, True
-    for r, done in enumerate(checked):
-        if not done:
-            try:
-                out[r] = check_frame_headers(hdrs[r])
-            except ValidationError as exc:
-                errors[r] = exc
+                    t = int.from_bytes(v, "big", signed=True)
+                    if 0 <= t <= latest:
+                        out[r] = t
+                        continue
+        try:
+            out[r] = check_frame_headers(h)
+        except ValidationError as exc:
+            errors[r] = exc
     return out, errors
 
 

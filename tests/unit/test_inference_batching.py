@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from inference.batching import PROBE_EVERY, WAITS_KEPT, WAITS_THAT_PAY, MicroBatcher, Pending
+from inference.answer import _model_input
+from inference.batching import (
+    PROBE_EVERY,
+    WAITS_KEPT,
+    WAITS_THAT_PAY,
+    MicroBatcher,
+    Pending,
+)
 from inference.config import ServeConfig
 from schemas.errors import ConfigError
 from schemas.sensor import SensorFrame
@@ -115,3 +123,24 @@ def test_bad_config_says_what_to_fix() -> None:
     for bad in (0, 6):  # idempotent producers allow 1..5 requests in flight
         with pytest.raises(ConfigError, match="max_in_flight"):
             ServeConfig(max_in_flight=bad)
+
+
+@pytest.mark.parametrize(
+    ("picks", "shape"),
+    [
+        ([(0, 0), (0, 1), (0, 2), (0, 3)], 4),  # a poll's whole block, in order
+        ([(0, 0), (0, 1), (0, 2)], 4),  # padded
+        ([(0, 1), (0, 3)], 2),  # some of a block's rows (truth windows share it)
+        ([(0, 3), (1, 0), (0, 0)], 4),  # two polls' blocks
+    ],
+)
+def test_model_input_is_the_windows_stacked_and_zero_padded(picks: list, shape: int) -> None:
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(size=(4, 5, 7)).astype(np.float32) for _ in range(2)]
+    x = _model_input([blocks[b] for b, _ in picks], [r for _, r in picks], shape)
+    expected = np.zeros((shape, 5, 7), np.float32)
+    expected[: len(picks)] = [blocks[b][r] for b, r in picks]
+    assert x.dtype == np.float32 and x.shape == expected.shape
+    assert np.array_equal(x, expected)
+    whole = picks == [(0, r) for r in range(4)]
+    assert (x is blocks[0]) == whole  # only the whole block goes uncopied
