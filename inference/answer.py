@@ -136,12 +136,9 @@ def _model_input(blocks: list[np.ndarray], rows: list[int], shape: int) -> np.nd
     rows padding it to ``shape``. A batch that is its poll's whole window block, in order,
     is that block itself: no copy (the common case without a timed batch wait)."""
     block = blocks[0]
-    if all(b is block for b in blocks):
-        if len(block) == shape and rows == list(range(shape)):
-            return block
-        picked = block[rows]
-    else:
-        picked = stack_rows(list(zip(blocks, rows, strict=True)))
+    if len(block) == shape and rows == list(range(shape)) and all(b is block for b in blocks):
+        return block
+    picked = stack_rows(list(zip(blocks, rows, strict=True)))
     if len(rows) == shape:
         return picked
     x = np.zeros((shape, *block.shape[1:]), np.float32)

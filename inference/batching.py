@@ -77,6 +77,9 @@ def stack_rows(rows: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
     """``block[row]`` for each (non-empty) pair, stacked: one fancy index per distinct block
     (a batch holds frames of a few polls). Blocks must agree in every dimension but the
     first."""
+    first = rows[0][0]
+    if all(block is first for block, _ in rows):  # the common case: one poll's block
+        return first[[row for _, row in rows]]
     groups: dict[int, tuple[np.ndarray, list[int], list[int]]] = {}
     for i, (block, row) in enumerate(rows):
         g = groups.get(id(block))
@@ -84,10 +87,6 @@ def stack_rows(rows: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
             g = groups[id(block)] = (block, [], [])
         g[1].append(i)
         g[2].append(row)
-    if len(groups) == 1:
-        ((block, _, picked),) = groups.values()
-        return block[picked]
-    first = rows[0][0]
     out = np.empty((len(rows), *first.shape[1:]), first.dtype)
     for block, at, picked in groups.values():
         out[at] = block[picked]

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 
 from inference.answer import _model_input
-from inference.batching import (
-    PROBE_EVERY,
-    WAITS_KEPT,
-    WAITS_THAT_PAY,
-    MicroBatcher,
-    Pending,
-)
+from inference.batching import PROBE_EVERY, WAITS_KEPT, WAITS_THAT_PAY, MicroBatcher, Pending
 from inference.config import ServeConfig
 from schemas.errors import ConfigError
 from schemas.sensor import SensorFrame
