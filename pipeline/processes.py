@@ -95,11 +95,19 @@ def pid_alive(pid: int) -> bool:
     # is one. Not the main thread alone: a killed JVM's others may still be closing sockets.
     try:
         threads = list(Path(f"/proc/{pid}/task").iterdir())
-        return any(
-            (t / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX" for t in threads
-        )
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    return any(_thread_alive(t) for t in threads)
+
+
+def _thread_alive(task: Path) -> bool:
+    """Is the thread at ``/proc/<pid>/task/<tid>`` neither a zombie, dead, nor gone? A thread
+    that exits after its directory was listed reads as ESRCH (ProcessLookupError)."""
+    try:
+        state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in "ZX"
 
 
 def is_our_jvm(pid: int, properties: Path) -> bool:
