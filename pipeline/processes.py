@@ -116,7 +116,7 @@ def is_our_jvm(pid: int, properties: Path) -> bool:
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, PermissionError):
+    except (FileNotFoundError, ProcessLookupError, PermissionError):  # gone since pid_alive
         return False
     return b"kafka.Kafka" in cmdline and str(properties).encode() in cmdline
 

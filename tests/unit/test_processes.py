@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.processes import pid_alive
+from pipeline.processes import is_our_jvm, pid_alive
 
 
 @pytest.fixture
@@ -58,3 +58,15 @@ def test_a_process_whose_every_thread_exits_while_listed_is_gone(monkeypatch, se
 
 def test_a_process_that_does_not_exist_is_not_alive():
     assert not pid_alive(2**22 + 12345)  # above pid_max's 2**22 ceiling
+
+
+def test_a_process_gone_before_its_command_line_is_read_is_not_our_jvm(monkeypatch, tmp_path):
+    read = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self.name == "cmdline":
+            raise ProcessLookupError(3, "No such process")
+        return read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert not is_our_jvm(os.getpid(), tmp_path / "server.properties")
