@@ -77,7 +77,11 @@ class ServeConfig:
         "value layout of predictions: binary (compact, fastest) or json (schema tag "
         "prediction+json/1, for standard Kafka tooling; see docs/WIRE.md)",
     )
-    commit_interval_ms: int = setting(1000, "how often to flush predictions and commit offsets")
+    commit_interval_ms: int = setting(
+        1000,
+        "how often to commit offsets: once every prediction sent is delivered, or, when "
+        "that has not happened within another interval, after flushing the producer",
+    )
     guarantee: str = setting(
         "at-least-once",
         "at-least-once (lowest latency; a restart may answer a frame twice, same vehicle_id "

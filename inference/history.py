@@ -13,8 +13,9 @@ A poll at a time: :meth:`~HistoryStore.begin` takes its decoded columns,
 :meth:`~HistoryStore.add` judges each frame in order (plausibility and gaps are per-vehicle
 state machines) and :meth:`~HistoryStore.reserve` books a model window, in plain Python;
 :meth:`~HistoryStore.end` then stores the poll's rows in the vehicles' ring buffers
-(:mod:`inference.rings`), gathers every booked window and labels every window whose truth
-arrived, one indexing operation each: no array is made per frame.
+(:mod:`inference.rings`) and gathers every booked window, one indexing operation each: no
+array is made per frame. :meth:`~HistoryStore.label_due` labels the windows whose truth
+arrived, a batch at a time, once the poll's frames are answered.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class HistoryStore:
         self._unscored: deque[_Awaiting] = deque(maxlen=truth_capacity)
         """Awaiting windows the model has not predicted yet (appended here, scored off-loop)."""
         self._labels: list[_Label] = []
-        """Windows whose truth arrived, labelled at a later store (:data:`LABEL_BATCH`)."""
+        """Windows whose truth arrived, labelled together later (:meth:`label_due`)."""
         self._label_since = 0.0
         self._label_rows = 0
         """Rows appended since the oldest of them: none of its vehicle's rows is overwritten
@@ -252,11 +253,20 @@ class HistoryStore:
         return b.windows, self._book(b, self._vehicles[vehicle_id])
 
     def end(self, label: bool = False) -> None:
-        """Store the poll's rows and gather its windows; label what became ground truth
-        once enough waits (:data:`LABEL_BATCH`, :data:`LABEL_DELAY_S`) or if ``label``."""
+        """Store the poll's rows and gather its windows; with ``label``, also label every
+        window whose truth arrived (else :meth:`label_due` does, later)."""
         if self._batch is not None:
             self._store(label)
             self._batch = None
+
+    def label_due(self) -> None:
+        """Label the windows whose truth arrived once enough wait (:data:`LABEL_BATCH`, or
+        the oldest for :data:`LABEL_DELAY_S`). The serving loop calls it after answering a
+        poll's frames: labelling (~1 ms in a busy process) never delays an answer."""
+        if self._labels and (
+            len(self._labels) >= LABEL_BATCH or self._clock() - self._label_since >= LABEL_DELAY_S
+        ):
+            self._flush_labels()
 
     def _book(self, b: _Batch, v: _Vehicle) -> int:
         b.window_slot.append(v.slot)
@@ -264,8 +274,8 @@ class HistoryStore:
         return len(b.window_end) - 1
 
     def _store(self, label: bool = False) -> _Batch:
-        """Write and gather what the current batch holds, label the windows whose truth
-        arrived if enough wait (or ``label``); returns the next batch."""
+        """Write and gather what the current batch holds, and with ``label`` label the
+        windows whose truth arrived; returns the next batch."""
         b = self._batch
         assert b is not None
         self._batch = None  # a failure below must not leave a half-stored batch behind
@@ -276,11 +286,7 @@ class HistoryStore:
             )
             if b.window_end:
                 b.windows.array = windows
-        if self._labels and (
-            label
-            or len(self._labels) >= LABEL_BATCH
-            or self._clock() - self._label_since >= LABEL_DELAY_S
-        ):
+        if label:
             self._flush_labels()
         self._unscored.extend(b.awaiting)
         self._batches += 1

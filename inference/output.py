@@ -242,26 +242,41 @@ class Output:
         return {k: v for k, v in offsets.items() if again or self.committed.get(k) != v}
 
     def commit(
-        self, consumer: Consumer, waiting: dict[TopicPartition, int], wait: bool = True
-    ) -> None:
+        self,
+        consumer: Consumer,
+        waiting: dict[TopicPartition, int],
+        wait: bool = True,
+        unless_busy: bool = False,
+    ) -> bool:
         """Flush predictions, make sure all were delivered, then commit what they cover.
 
         ``wait=False`` (the serving loop) only sends the commit: the loop does not stall for
         the broker's round trip, and offsets the broker refuses are due again
-        (``commit_refused``).
+        (``commit_refused``). ``unless_busy`` (at-least-once): do not flush; commit only if
+        every record handed to the producer was delivered already, else commit nothing and
+        return False (the loop tries again after its next wait). Returns True when done.
         """
+        assert self.producer is not None
+        if unless_busy and not self.config.exactly_once:
+            self.producer.poll()
+            if self.producer.undelivered():
+                return False
         offsets = self.due(waiting)
         if not offsets or self.halted:
-            return
+            return True
         if self.config.exactly_once:
             self.commit_offsets(consumer, offsets)
-            return
-        self.flush_delivered()
+            return True
+        if unless_busy:
+            self.check_delivery()  # nothing in flight: every failure has been reported
+        else:
+            self.flush_delivered()
         try:
             consumer.commit(offsets, wait=wait)
             self.committed.update(offsets)
         except Exception as exc:  # rebalance in progress: the revoke drain commits instead
             log.warning("offset commit failed (frames may be answered again): %s", exc)
+        return True
 
     def commit_refused(self, offsets: dict[TopicPartition, int]) -> None:
         """The broker refused a commit sent without waiting: those offsets are due again."""

@@ -249,7 +249,8 @@ class InferenceService:
 
     # --- the loop ----------------------------------------------------------------------
     def step(self) -> None:
-        """One iteration: maybe swap, poll, enqueue or answer, run a due batch, commit.
+        """One iteration: maybe swap, poll, maybe commit, enqueue or answer, run due
+        batches, label ground truth.
 
         What it does besides handling frames costs a few microseconds: an idle service
         wakes ten times a second, and a lone frame costs two iterations (its poll, and the
@@ -265,13 +266,19 @@ class InferenceService:
         elif self._verdict.version != version:
             self._verdict = Verdict(predictor=MODEL, version=version)
         msgs = self._poll()
+        every = self.config.commit_every_s
+        if time.monotonic() - self._last_commit >= every:
+            # right after a wait, when what earlier batches sent is usually delivered: such
+            # a commit needs no flush, which would stall the loop for a round trip
+            self._commit(unless_busy=True)
         if msgs:
             self._handle_poll(msgs)
             self._answer_deferred()
         while self.batcher.due(now_ns()):
             self._run_batch(self.batcher.take())
+        self.history.label_due()  # after answering: labels never delay an answer
         now = time.monotonic()
-        if now - self._last_commit >= self.config.commit_every_s:
+        if now - self._last_commit >= 2 * every:  # busy for another interval: flush for it
             self._commit()
         if now - self._last_lag >= 1.0:
             self._update_lag()
@@ -430,12 +437,14 @@ class InferenceService:
         while len(self.batcher):
             self._run_batch(self.batcher.take())
 
-    def _commit(self, wait: bool = False) -> None:
+    def _commit(self, wait: bool = False, unless_busy: bool = False) -> None:
         """Commit what the delivered predictions cover (see Output.commit): the loop does
-        not wait for the broker's answer, the last commit at close does."""
+        not wait for the broker's answer, the last commit at close does. ``unless_busy``:
+        only if nothing sent is still in flight (else the next iteration tries again)."""
         assert self._consumer is not None
-        self._last_commit = time.monotonic()
-        self.output.commit(self._consumer, self.batcher.first_offsets(), wait)
+        waiting = self.batcher.first_offsets()
+        if self.output.commit(self._consumer, waiting, wait, unless_busy):
+            self._last_commit = time.monotonic()
 
     def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit offsets the revoke drain released (on this thread, inside poll/close)."""

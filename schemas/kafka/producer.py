@@ -244,6 +244,11 @@ class Producer:
             raise _produce_error(exc.args[0]) from exc
         client.begin_transaction()
 
+    def undelivered(self) -> int:
+        """Records handed over that the broker has not acknowledged yet (plus reports not
+        yet served by :meth:`poll`): 0 once everything sent so far was delivered."""
+        return len(self._producer) if self._producer is not None else 0
+
     def poll(self) -> None:
         """Serve what librdkafka reported (delivery failures, statistics) without waiting."""
         if self._producer is not None:

@@ -237,6 +237,7 @@ def test_ring_history_matches_the_deque_history_frame_by_frame(seed: int, deferr
             if want is not None:  # over a gap too: the window is the same, only unusable
                 booked.append((store.reserve(f.vehicle_id), want))
         store.end(label=not deferred)
+        store.label_due()  # as the serving loop does once the poll's frames are answered
         pending = len(store._labels)
         assert pending < LABEL_BATCH if deferred else pending == 0
         for (windows, row), want in booked:
@@ -263,6 +264,7 @@ def test_ring_history_matches_the_deque_history_frame_by_frame(seed: int, deferr
         now[0] += LABEL_DELAY_S
         store.begin(FrameColumns.of([]))
         store.end()
+        store.label_due()
         assert not store._labels
         assert _same_truth(store, ref, deferred=True) == len(ref.truth)
     assert max(len(v) for v in fleet.sent.values()) > 2 * store._rings.capacity  # wrapped
@@ -282,7 +284,7 @@ def test_a_vehicle_with_more_frames_in_one_poll_than_its_ring_holds() -> None:
         assert store.add(i, 0) == ref.add(f, 0)
         if store.unusable("a") is None:
             booked.append((store.reserve("a"), ref.window("a")))
-    store.end()
+    store.end(label=True)
     assert len(booked) == 700 - spec.history + 1
     for (windows, row), want in booked:
         np.testing.assert_array_equal(windows.array[row], want)
@@ -304,6 +306,7 @@ def test_labels_waiting_for_their_batch_survive_a_rebalance_that_reuses_the_slot
         for i, f in enumerate(frames):
             assert store.add(i, partition) == ref.add(f, partition)
         store.end()
+        store.label_due()
 
     def drive(vid: str, seqs: range, x0: float) -> list[SensorFrame]:
         return [
@@ -323,6 +326,28 @@ def test_labels_waiting_for_their_batch_survive_a_rebalance_that_reuses_the_slot
     assert _same_truth(store, ref, deferred=True) == len(ref.truth) > 5
 
 
+def test_a_poll_ends_without_labelling_and_label_due_labels_what_is_due() -> None:
+    """The serving loop answers a poll's frames before labelling: end() stores and gathers
+    only; label_due() labels once LABEL_BATCH windows wait or the oldest waited
+    LABEL_DELAY_S, whatever end() was called in between."""
+    spec = InputSpec()
+    now = [0.0]
+    store = HistoryStore(spec, truth_every=1, clock=lambda: now[0])
+    first = spec.history + round(spec.max_horizon_s * spec.rate_hz)
+    for s in range(first + 3):  # the truth of a few windows arrives, one frame per poll
+        store.begin(FrameColumns.of([[SensorFrame("a", s, T0 + s * S // 10, s, 0, 10, 0, 0, 0)]]))
+        store.add(0, 0)
+        store.end()
+    waiting = len(store._labels)
+    assert 0 < waiting < LABEL_BATCH
+    now[0] += 10 * LABEL_DELAY_S
+    store.begin(FrameColumns.of([]))
+    store.end()
+    assert len(store._labels) == waiting and len(store.truth()[0]) == 0  # end(): no labels
+    store.label_due()
+    assert not store._labels and len(store.truth()[0]) == waiting
+
+
 def test_truth_per_s_caps_the_windows_kept_as_ground_truth() -> None:
     """A busy fleet books no more truth windows a second than ``truth_per_s`` (after a
     burst of TRUTH_BURST), spread over its vehicles; without the cap, every other window."""
@@ -338,6 +363,7 @@ def test_truth_per_s_caps_the_windows_kept_as_ground_truth() -> None:
             for i in range(len(frames)):
                 store.add(i, 0)
             store.end()
+            store.label_due()
             now[0] += 0.1
 
     capped = HistoryStore(InputSpec(), truth_capacity=10_000, truth_every=2, clock=lambda: now[0])

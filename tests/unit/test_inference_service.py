@@ -37,6 +37,8 @@ class FakeProducer:
         self.events: list[str] = []
         self.reports: list[BaseException] = []
         """Delivery failures librdkafka has but poll()/flush() have not served yet."""
+        self.in_flight = 0
+        """Records sent and not yet acknowledged (what undelivered() says)."""
 
     def send(self, topic, value, key=None, headers=None, partition=None) -> None:
         self.sent.append((topic, value))
@@ -50,6 +52,9 @@ class FakeProducer:
             self.failures += 1
             self.last_error = exc
         self.reports.clear()
+
+    def undelivered(self) -> int:
+        return self.in_flight
 
     def partitions_for(self, topic) -> set[int]:
         return {0, 1, 2, 3}
@@ -176,12 +181,47 @@ def test_a_normal_stop_answers_and_commits() -> None:
 
 def test_the_loop_does_not_wait_for_its_commits_but_the_last_one_waits() -> None:
     svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
+    svc.step()  # answers record 0
     svc._last_commit -= svc.config.commit_every_s  # an interval has passed
-    svc.step()
+    svc.step()  # everything sent was delivered: the commit needs no flush
     svc.output.done(record(5, [frame("a", 2)]))  # answered after the loop's last commit
     svc.close()
-    assert producer.events == ["flush", "commit-sent", "flush", "commit"]
+    assert producer.events == ["commit-sent", "flush", "commit"]
     assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 6}]
+
+
+def test_the_loop_commits_once_nothing_is_in_flight_and_flushes_only_after_two_intervals() -> None:
+    """A commit is due after an interval. While predictions are in flight the loop does not
+    flush for it (a flush would stall it for a round trip) but tries again at its next
+    iteration; only when the producer stayed busy for another interval does it flush."""
+    svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
+    svc.step()
+    producer.in_flight = 3
+    svc._last_commit -= svc.config.commit_every_s
+    svc.step()
+    assert producer.events == [] and consumer.commits == []  # busy: not yet, and no flush
+    producer.in_flight = 0
+    svc.step()
+    assert producer.events == ["commit-sent"] and consumer.commits == [{(TOPIC, 0): 1}]
+
+    consumer.batches = [[record(1, [frame("a", 2)])]]
+    svc.step()
+    producer.in_flight = 3
+    svc._last_commit -= 2 * svc.config.commit_every_s  # busy for a whole interval more
+    svc.step()
+    assert producer.events[1:] == ["flush", "commit-sent"]
+    assert consumer.commits[1:] == [{(TOPIC, 0): 2}]
+
+
+def test_a_commit_without_a_flush_still_stops_at_a_failed_delivery() -> None:
+    """Nothing in flight, but a delivery failed: the loop raises instead of committing."""
+    svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
+    svc.step()
+    producer.reports.append(RuntimeError("broker said no"))
+    svc._last_commit -= svc.config.commit_every_s
+    with pytest.raises(DeliveryError):
+        svc.step()
+    assert consumer.commits == [] and svc.output.halted
 
 
 def test_lone_frames_stop_waiting_for_a_batch_once_waits_bring_no_frames() -> None:
@@ -340,10 +380,11 @@ def test_revoke_answers_flushes_and_commits_inside_the_listener() -> None:
 
 def test_revoke_commits_again_what_the_loop_only_sent() -> None:
     svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
+    svc.step()
     svc._last_commit -= svc.config.commit_every_s
     svc.step()  # the loop sends {0: 1} without waiting; the broker may yet refuse it
     RebalanceDrain(svc).on_revoked({(TOPIC, 0)})
-    assert producer.events == ["flush", "commit-sent", "flush", "commit"]
+    assert producer.events == ["commit-sent", "flush", "commit"]
     assert consumer.commits == [{(TOPIC, 0): 1}] * 2
 
 
