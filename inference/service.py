@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -121,6 +122,13 @@ class InferenceService:
         self._deferred: list[tuple[Pending, str]] = []
         """Frames of the current poll to answer by fallback, with the reason."""
         self._last_commit = self._last_lag = time.monotonic()
+        every = config.commit_every_s
+        self._commit_idle_s, self._commit_flush_s = (
+            (math.inf, every) if config.exactly_once else (every, 2 * every)
+        )
+        """How long after the last commit the loop commits right after a wait, if nothing
+        is in flight; and at the end of an iteration, flushing for it. A transaction
+        commits at the end of the iteration that made its answers, so they show at once."""
         self._last_loop = time.monotonic()
         self._loop_mark = (self._last_loop, 0, 0)
         self._stop = threading.Event()
@@ -266,8 +274,7 @@ class InferenceService:
         elif self._verdict.version != version:
             self._verdict = Verdict(predictor=MODEL, version=version)
         msgs = self._poll()
-        every = self.config.commit_every_s
-        if time.monotonic() - self._last_commit >= every:
+        if time.monotonic() - self._last_commit >= self._commit_idle_s:
             # right after a wait, when what earlier batches sent is usually delivered: such
             # a commit needs no flush, which would stall the loop for a round trip
             self._commit(unless_busy=True)
@@ -278,7 +285,7 @@ class InferenceService:
             self._run_batch(self.batcher.take())
         self.history.label_due()  # after answering: labels never delay an answer
         now = time.monotonic()
-        if now - self._last_commit >= 2 * every:  # busy for another interval: flush for it
+        if now - self._last_commit >= self._commit_flush_s:
             self._commit()
         if now - self._last_lag >= 1.0:
             self._update_lag()

@@ -56,6 +56,9 @@ class FakeProducer:
     def undelivered(self) -> int:
         return self.in_flight
 
+    def commit_transaction(self, offsets, group_metadata) -> None:
+        self.events.append(f"transaction {offsets}")
+
     def partitions_for(self, topic) -> set[int]:
         return {0, 1, 2, 3}
 
@@ -87,6 +90,9 @@ class FakeConsumer:
 
     def lag(self, topic, partition) -> None:
         return None  # unknown, as before a first fetch
+
+    def group_metadata(self) -> object:
+        return object()
 
     def commit(self, offsets, wait=True) -> None:
         self.producer.events.append("commit" if wait else "commit-sent")
@@ -211,6 +217,17 @@ def test_the_loop_commits_once_nothing_is_in_flight_and_flushes_only_after_two_i
     svc.step()
     assert producer.events[1:] == ["flush", "commit-sent"]
     assert consumer.commits[1:] == [{(TOPIC, 0): 2}]
+
+
+def test_a_transaction_commits_in_the_iteration_that_made_its_answers() -> None:
+    """Exactly-once answers become visible when their transaction commits: it commits at
+    the end of the iteration that published them, not after the next wait."""
+    batches = [[record(0, [frame("a", 1)])]]
+    svc, producer, _ = make_service(batches, guarantee="exactly-once", transaction_ms=25)
+    svc._last_commit -= svc.config.commit_every_s
+    svc.step()
+    assert producer.events == [f"transaction {{{(TOPIC, 0)!r}: 1}}"]
+    assert len(producer.predictions()) == 1
 
 
 def test_a_commit_without_a_flush_still_stops_at_a_failed_delivery() -> None:
