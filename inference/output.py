@@ -252,13 +252,13 @@ class Output:
 
         ``wait=False`` (the serving loop) only sends the commit: the loop does not stall for
         the broker's round trip, and offsets the broker refuses are due again
-        (``commit_refused``). ``unless_busy`` (at-least-once): do not flush; commit only if
-        every record handed to the producer was delivered already, else commit nothing and
-        return False (the loop tries again after its next wait). Returns True when done.
+        (``commit_refused``). ``unless_busy``: do not flush; commit only if every record
+        handed to the producer was delivered already, else commit nothing and return False
+        (the loop tries again after its next wait). Returns True when done.
         """
         assert self.producer is not None
-        if unless_busy and not self.config.exactly_once:
-            self.producer.poll()
+        if unless_busy:
+            self.check_delivery()  # serves the reports: a failed delivery stops here
             if self.producer.undelivered():
                 return False
         offsets = self.due(waiting)
@@ -267,9 +267,7 @@ class Output:
         if self.config.exactly_once:
             self.commit_offsets(consumer, offsets)
             return True
-        if unless_busy:
-            self.check_delivery()  # nothing in flight: every failure has been reported
-        else:
+        if not unless_busy:  # else nothing is in flight: every failure was reported above
             self.flush_delivered()
         try:
             consumer.commit(offsets, wait=wait)
