@@ -40,13 +40,16 @@ from pipeline.processes import free_port  # noqa: E402
 from pipeline.report import STAGES, Received, stage_ns  # noqa: E402
 from schemas.envelope import encode_envelope, envelope_headers  # noqa: E402
 from schemas.headers import T_PRODUCE_NS, now_ns, read_stamp  # noqa: E402
-from schemas.kafka import Consumer, KafkaSettings, Producer, ensure_topics  # noqa: E402
+from schemas.kafka import Consumer, KafkaSettings, Message, Producer, ensure_topics  # noqa: E402
 from schemas.prediction import decode_prediction  # noqa: E402
 from schemas.sensor import encode_frames, frame_headers  # noqa: E402
 from schemas.topics import TopicNames, TopicSpec, default_topics  # noqa: E402
 from tests.model_fixtures import TEST_PUBLIC  # noqa: E402
 
 WARMUP_S = 1.0
+
+Answer = tuple[int, int, str, str]
+"""A measured answer: (its frame's t_produce_ns, received ns, source, fallback reason)."""
 
 
 def echo_worker(bootstrap: str, src: str, dst: str) -> None:
@@ -74,7 +77,7 @@ def load(
     ``over_budget_share``: answers later than ``budget_ms`` after their frame was sent."""
     vehicles = max(1, rate // 10)
     total = int(rate * duration)
-    got: list[tuple[int, int, str, str]] = []  # (t_produce, t_recv, source, reason)
+    got: list[Answer] = []
     stamps: list[tuple[int, ...]] = []  # per prediction: its frame's stages (report.STAGES)
     c = Consumer(settings, group_id=None)
     c.assign(dst, sorted(c.partitions_for(dst)))
@@ -91,10 +94,7 @@ def load(
             while sent < total:
                 due = min(total, int((time.monotonic() - t0) * rate))
                 while sent < due:
-                    f = synthetic.frame(sent, vehicles, heading_step=0.01)
-                    p.send(
-                        src, encode_frames([f]), key=f.vehicle_id, headers=frame_headers(now_ns())
-                    )
+                    send_frame(p, src, sent, vehicles)
                     sent += 1
                 if not fired and time.monotonic() - t0 >= at[0]:
                     at[1](p)  # this connected producer: a new one would stall the load
@@ -109,16 +109,49 @@ def load(
         msgs = c.poll(timeout_ms=100, max_records=2000)
         now = now_ns()  # every record of the poll was here by now: stamped before decoding any
         for m in msgs:
-            if m.topic.endswith("predictions"):
-                p = decode_prediction(m.value)
-                got.append((p.t_produce_ns, now, p.source, p.reason))
-                stamps.append(tuple(stage_ns(Received(p, now)).values()))
-            else:
-                got.append((read_stamp(m.headers, T_PRODUCE_NS), now, "echo", ""))
+            answer, stages = receive(m, now)
+            got.append(answer)
+            if stages is not None:
+                stamps.append(stages)
     c.close()
     done.wait(5)
     t_start = started[0] if started else t_start
     is_steady = [g[0] - t_start > WARMUP_S * 1e9 for g in got]
+    out = summarize(total, got, stamps, is_steady, t_start, budget_ms)
+    if at is not None:
+        t_swap = t_start + at[0] * 1e9
+        near = np.array([r - p for p, r, _, _ in got if t_swap <= p < t_swap + 2e9]) / 1e6
+        if len(near):
+            out["after_swap_p99_ms"] = round(float(np.percentile(near, 99)), 2)
+            out["after_swap_max_ms"] = round(float(near.max()), 2)
+    return out
+
+
+def send_frame(p: Producer, topic: str, i: int, vehicles: int) -> None:
+    """Frame ``i`` of the load's fleet of ``vehicles`` (each at 10 Hz), stamped as sent."""
+    f = synthetic.frame(i, vehicles, heading_step=0.01)
+    p.send(topic, encode_frames([f]), key=f.vehicle_id, headers=frame_headers(now_ns()))
+
+
+def receive(m: Message, now: int) -> tuple[Answer, tuple[int, ...] | None]:
+    """A record on a measured topic, received at ``now``: a prediction (with its stages,
+    report.STAGES) on a topic named *predictions, else a frame the echo passed on."""
+    if m.topic.endswith("predictions"):
+        p = decode_prediction(m.value)
+        return (p.t_produce_ns, now, p.source, p.reason), tuple(stage_ns(Received(p, now)).values())
+    return (read_stamp(m.headers, T_PRODUCE_NS), now, "echo", ""), None
+
+
+def summarize(
+    sent: int,
+    got: list[Answer],
+    stamps: list[tuple[int, ...]],
+    is_steady: list[bool],
+    t_start: int,
+    budget_ms: float,
+) -> dict:
+    """Latency, fallback and per-second figures of the answers ``got`` to ``sent`` frames;
+    all but the per-second p99s count only the steady ones (``is_steady``, per answer)."""
     steady = list(itertools.compress(got, is_steady))
     lat = np.array([r - p for p, r, _, _ in steady]) / 1e6
     reasons: dict[str, int] = {}
@@ -126,7 +159,7 @@ def load(
         if src_ == "fallback":
             reasons[reason] = reasons.get(reason, 0) + 1
     out = {
-        "sent": total,
+        "sent": sent,
         "answered": len(got),
         "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
@@ -145,12 +178,6 @@ def load(
     out["p99_by_second_ms"] = [
         round(float(np.percentile(by_second[k], 99)), 1) for k in sorted(by_second)
     ]
-    if at is not None:
-        t_swap = t_start + at[0] * 1e9
-        near = np.array([r - p for p, r, _, _ in got if t_swap <= p < t_swap + 2e9]) / 1e6
-        if len(near):
-            out["after_swap_p99_ms"] = round(float(np.percentile(near, 99)), 2)
-            out["after_swap_max_ms"] = round(float(near.max()), 2)
     return out
 
 

@@ -102,6 +102,11 @@ def _stat(pid: int | str) -> list[str]:
 
 def cpu_seconds(pid: int) -> float:
     """utime+stime of ``pid`` and its live descendants, plus the children they reaped."""
+    return cpu_of(process_tree(pid))
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and its live descendants."""
     parent: dict[int, int] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -113,8 +118,13 @@ def cpu_seconds(pid: int) -> float:
         kids = [c for c, pp in parent.items() if pp == p and c not in tree]
         tree.update(kids)
         todo += kids
+    return tree
+
+
+def cpu_of(pids: set[int]) -> float:
+    """utime+stime of ``pids``, plus the children they reaped (gone ones count nothing)."""
     ticks = 0
-    for p in tree:
+    for p in pids:
         with contextlib.suppress(OSError, IndexError):
             f = _stat(p)
             ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])

@@ -1,0 +1,58 @@
+"""The paired bench's bookkeeping: who gets which segment, what counts, whose CPU is whose."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import bench_paired as paired
+
+MS = 1_000_000
+
+
+def marks_of(order: list[str], cpu: list[dict[str, float]]) -> paired.Marks:
+    """Segments 10 ms long from t=0, with these CPU readings at each mark."""
+    m = paired.Marks(order)
+    m.at_ns = [k * 10 * MS for k in range(len(order) + 1)]
+    m.cpu = cpu
+    return m
+
+
+def test_the_plan_is_a_warm_up_rotation_then_one_rotation_per_segment_of_duration():
+    assert paired.plan(["floor", "serve"], 6, 2) == ["floor", "serve"] * 4
+    assert paired.plan(["serve"], 0.5, 2) == ["serve", "serve"]  # at least one counted turn
+
+
+def test_a_frame_belongs_to_the_segment_it_was_sent_in_and_warm_up_is_not_counted():
+    m = marks_of(["a", "b", "a", "b"], [{}] * 5)
+    assert [m.segment_of(t * MS) for t in (0, 9, 10, 25, 39, 45)] == [0, 0, 1, 2, 3, 3]
+    assert m.segment_of(-1) == -1
+    assert [m.counted(k) for k in range(4)] == [False, False, True, True]
+
+
+def test_cpu_is_split_between_a_systems_own_counted_segments_and_the_others():
+    # a's CPU grows by 1 s in each of its segments and by 0.1 s in b's; b's is never read
+    a = [0.0, 1.0, 1.1, 2.1, 2.2, 3.2, 3.3]
+    m = marks_of(["a", "b"] * 3, [{"a": x} for x in a])
+    assert m.cpu_s("a", "a") == (2.0, 0.02)  # segments 2 and 4 (0 is warm-up)
+    cpu, wall = m.cpu_s("a", "a", active=False)  # segments 3 and 5
+    assert round(cpu, 6) == 0.2 and wall == 0.02
+
+
+def test_a_row_counts_only_answers_and_cpu_past_the_warm_up():
+    order = ["serve", "floor"] * 2
+    cpu = [{"serve": x, "broker": 0.0} for x in (0.0, 5.0, 5.0, 6.0, 6.0)]
+    m = marks_of(order, cpu)
+    # serve's frames: two in warm-up (answered in 90 ms: not counted), two counted (1, 3 ms)
+    got = [(1 * MS, 91 * MS, "model", ""), (2 * MS, 92 * MS, "model", "")]
+    got += [(21 * MS, 22 * MS, "model", ""), (22 * MS, 25 * MS, "fallback", "warmup")]
+    bench = SimpleNamespace(args=SimpleNamespace(budget_ms=50.0))
+    row = paired._row("serve", 1000, got, [], m, order, 2, bench, {})
+    assert row["sent"] == 4 and row["answered"] == 4 and row["unanswered"] == 0
+    assert row["max_ms"] == 3.0 and row["over_budget_share"] == 0.0
+    assert row["fallback_share"] == 0.5
+    assert row["cpu_s_per_10k"] == 5000.0  # 1 CPU s over the 2 counted frames
+    assert row["broker_cpu_s_per_10k"] == 0.0
