@@ -15,6 +15,11 @@ bad luck falls on all of them alike.
 - CPU per 10k frames counts each system's processes, and the broker, only over that
   system's own counted segments (read at each switch); the same processes over the others'
   segments give each one's idle CPU. Unanswered counts every frame sent.
+- The broker JVM's GC pauses (when this bench started the broker) are counted for the
+  system whose counted segment they began in: a 15-20 ms young-GC pause delays every frame
+  in flight, and a handful of them decide much of a 20 s window's p99.
+- Valid only while every system keeps up: one that falls behind answers its backlog during
+  the others' segments (its ``unanswered`` and p99 show it).
 
     python bench/bench_paired.py [--systems floor,serve,peer] [--rate 1000] [--segment 2]
         [--duration 20] [--runs 3] [--bootstrap HOST:PORT] [--json PATH]
@@ -71,6 +76,14 @@ class Marks:
     def segment_of(self, t_ns: int) -> int:
         """The segment a frame sent at ``t_ns`` was sent in (-1: before the first)."""
         return sum(1 for t in self.at_ns[: len(self.plan)] if t <= t_ns) - 1
+
+    def counted_spans(self, during: str) -> list[tuple[float, float]]:
+        """(start, end) in epoch s of ``during``'s counted segments."""
+        return [
+            (self.at_ns[k] / 1e9, self.at_ns[k + 1] / 1e9)
+            for k, s in enumerate(self.plan)
+            if self.counted(k) and s == during
+        ]
 
     def cpu_s(self, who: str, during: str, active: bool = True) -> tuple[float, float]:
         """CPU seconds of ``who`` and wall seconds over the counted segments that were
@@ -164,10 +177,16 @@ def _row(
     cpu, _ = marks.cpu_s(s, s)
     idle_cpu, idle_wall = marks.cpu_s(s, s, active=False)
     broker = marks.cpu_s("broker", s)[0] if "broker" in marks.cpu[0] else None
+    gc = {}
+    if b.broker_gc_log is not None and b.broker_gc_log.exists():
+        spans = marks.counted_spans(s)
+        pauses = bp.gc_pauses(b.broker_gc_log)
+        gc = bp.pause_stats([ms for at, ms in pauses if any(a <= at < z for a, z in spans)])
     return {
         "system": s,
         "rate": rate,
         **res,
+        **gc,
         "unanswered": sent - len(got),
         "p99_by_second_median_ms": statistics.median(seconds) if seconds else None,
         "p99_by_second_worst_ms": max(seconds) if seconds else None,

@@ -319,13 +319,21 @@ def broker_gc_pauses(log: Path | None, start: float, end: float) -> dict:
     how many, the longest and their sum (ms); empty without a log."""
     if log is None or not log.exists():
         return {}
+    return pause_stats([ms for at, ms in gc_pauses(log) if start <= at <= end])
+
+
+def gc_pauses(log: Path) -> list[tuple[float, float]]:
+    """(began, epoch s; ms) of every pause in a JVM GC log (``-Xlog:gc:file=...:time``)."""
     pauses = []
     for line in log.read_text(errors="replace").splitlines():
         m = _GC_PAUSE.match(line)
         if m:
             at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-            if start <= at <= end:
-                pauses.append(float(m.group(2)))
+            pauses.append((at, float(m.group(2))))
+    return pauses
+
+
+def pause_stats(pauses: list[float]) -> dict:
     return {
         "broker_gc_pauses": len(pauses),
         "broker_gc_pause_max_ms": max(pauses, default=0.0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,10 +50,31 @@ def test_a_row_counts_only_answers_and_cpu_past_the_warm_up():
     # serve's frames: two in warm-up (answered in 90 ms: not counted), two counted (1, 3 ms)
     got = [(1 * MS, 91 * MS, "model", ""), (2 * MS, 92 * MS, "model", "")]
     got += [(21 * MS, 22 * MS, "model", ""), (22 * MS, 25 * MS, "fallback", "warmup")]
-    bench = SimpleNamespace(args=SimpleNamespace(budget_ms=50.0))
+    bench = SimpleNamespace(args=SimpleNamespace(budget_ms=50.0), broker_gc_log=None)
     row = paired._row("serve", 1000, got, [], m, order, 2, bench, {})
     assert row["sent"] == 4 and row["answered"] == 4 and row["unanswered"] == 0
     assert row["max_ms"] == 3.0 and row["over_budget_share"] == 0.0
     assert row["fallback_share"] == 0.5
     assert row["cpu_s_per_10k"] == 5000.0  # 1 CPU s over the 2 counted frames
     assert row["broker_cpu_s_per_10k"] == 0.0
+
+
+def test_broker_gc_pauses_count_for_the_system_whose_counted_segment_they_began_in(tmp_path):
+    base = 1_800_000_000  # epoch s; segments of 10 ms from here: serve, floor, serve, floor
+    m = marks_of(["serve", "floor"] * 2, [{"serve": 0.0, "floor": 0.0}] * 5)
+    m.at_ns = [t + base * 10**9 for t in m.at_ns]
+
+    def line(ms_after: float, pause_ms: float) -> str:
+        at = datetime.fromtimestamp(base + ms_after / 1e3, tz=UTC)
+        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+        return (
+            f"[{stamp}] GC(1) Pause Young (Normal) (G1 Evacuation Pause) 9M->2M(64M) {pause_ms}ms"
+        )
+
+    log = tmp_path / "gc.log"  # serve's warm-up, serve's counted turn (two), floor's turn
+    log.write_text("\n".join([line(5, 30.0), line(21, 12.5), line(25, 3.5), line(35, 9.0)]))
+    bench = SimpleNamespace(args=SimpleNamespace(budget_ms=50.0), broker_gc_log=log)
+    got = [(base * 10**9 + 22 * MS, base * 10**9 + 23 * MS, "model", "")]
+    row = paired._row("serve", 1000, got, [], m, m.plan, 1, bench, {})
+    assert row["broker_gc_pauses"] == 2
+    assert row["broker_gc_pause_max_ms"] == 12.5 and row["broker_gc_pause_total_ms"] == 16.0
