@@ -149,7 +149,8 @@ def measure(b: bp.Bench, rate: int, segment: float, duration: float) -> list[dic
                 if stages is not None:
                     stamps[s].append(stages)
         c.close()
-        done.wait(10)
+        if not done.wait(10):
+            raise SystemExit("the load generator did not finish its segments")
     return [_row(s, rate, got[s], stamps[s], marks, order, per_segment, b, exits) for s in systems]
 
 
