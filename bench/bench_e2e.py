@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,17 +89,13 @@ def load(
         with Producer(settings).connect() as p:
             started.append(now_ns())  # the warm-up cut counts from the first frame
             t0 = time.monotonic()
-            tick, sent = 0.005, 0
             fired = at is None
-            while sent < total:
-                due = min(total, int((time.monotonic() - t0) * rate))
-                while sent < due:
-                    send_frame(p, src, sent, vehicles)
-                    sent += 1
+            for due in paced(rate, total):
+                for i in due:
+                    send_frame(p, src, i, vehicles)
                 if not fired and time.monotonic() - t0 >= at[0]:
                     at[1](p)  # this connected producer: a new one would stall the load
                     fired = True
-                time.sleep(tick)
         done.set()
 
     t_start = now_ns()
@@ -125,6 +121,17 @@ def load(
             out["after_swap_p99_ms"] = round(float(np.percentile(near, 99)), 2)
             out["after_swap_max_ms"] = round(float(near.max()), 2)
     return out
+
+
+def paced(rate: int, total: int, tick_s: float = 0.005) -> Iterator[range]:
+    """The open-loop schedule of ``total`` frames at ``rate``/s from the first step: each
+    step yields the indices due by now, then sleeps ``tick_s``."""
+    t0, sent = time.monotonic(), 0
+    while sent < total:
+        due = min(total, int((time.monotonic() - t0) * rate))
+        yield range(sent, due)
+        sent = due
+        time.sleep(tick_s)
 
 
 def send_frame(p: Producer, topic: str, i: int, vehicles: int) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
 import threading
@@ -46,7 +47,6 @@ from schemas.headers import now_ns
 from schemas.kafka import Consumer, Producer
 
 e2e = bp.e2e
-TICK_S = 0.005
 
 
 def plan(systems: list[str], duration: float, segment: float) -> list[str]:
@@ -119,14 +119,10 @@ def measure(b: bp.Bench, rate: int, segment: float, duration: float) -> list[dic
             with Producer(b.settings).connect() as p:
                 for s in order:
                     marks.add({who: bp.cpu_of(ps) for who, ps in pids.items()})
-                    t0, n = time.monotonic(), 0
-                    while n < per_segment:
-                        due = min(per_segment, int((time.monotonic() - t0) * rate))
-                        for _ in range(n, due):
+                    for due in e2e.paced(rate, per_segment):
+                        for _ in due:
                             e2e.send_frame(p, topics[s].src, sent[s], vehicles)
                             sent[s] += 1
-                        n = due
-                        time.sleep(TICK_S)
             marks.add({who: bp.cpu_of(ps) for who, ps in pids.items()})
             done.set()
 
@@ -151,7 +147,7 @@ def measure(b: bp.Bench, rate: int, segment: float, duration: float) -> list[dic
         c.close()
         if not done.wait(10):
             raise SystemExit("the load generator did not finish its segments")
-    return [_row(s, rate, got[s], stamps[s], marks, order, per_segment, b, exits) for s in systems]
+    return [_row(s, rate, got[s], stamps[s], marks, per_segment, b, exits) for s in systems]
 
 
 def _row(
@@ -160,19 +156,18 @@ def _row(
     got: list,
     stamps: list,
     marks: Marks,
-    order: list[str],
     per_segment: int,
     b: bp.Bench,
     exits: dict[str, int | None],
 ) -> dict:
     steady = [marks.counted(marks.segment_of(a[0])) for a in got]
-    sent = per_segment * order.count(s)
+    sent = per_segment * marks.plan.count(s)
     counted = sent - per_segment  # the warm-up rotation's frames are not counted
-    answers = [a for a, k in zip(got, steady, strict=True) if k]
-    res = e2e.summarize(sent, answers, [], [True] * len(answers), marks.at_ns[0], b.args.budget_ms)
-    if stamps and len(stamps) == len(got):
-        steady_stamps = [st for st, k in zip(stamps, steady, strict=True) if k]
-        res.update(e2e.stage_split(steady_stamps))
+    answers = list(itertools.compress(got, steady))
+    if len(stamps) == len(got):  # predictions: their stages, counted like the answers
+        stamps = list(itertools.compress(stamps, steady))
+    everyone = [True] * len(answers)  # per-second p99s too: from the counted answers only
+    res = e2e.summarize(sent, answers, stamps, everyone, marks.at_ns[0], b.args.budget_ms)
     res["answered"] = len(got)
     seconds = res.pop("p99_by_second_ms")
     cpu, _ = marks.cpu_s(s, s)

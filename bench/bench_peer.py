@@ -334,6 +334,7 @@ def gc_pauses(log: Path) -> list[tuple[float, float]]:
 
 
 def pause_stats(pauses: list[float]) -> dict:
+    """How many pauses (ms), the longest and their sum."""
     return {
         "broker_gc_pauses": len(pauses),
         "broker_gc_pause_max_ms": max(pauses, default=0.0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,7 +52,7 @@ def test_a_row_counts_only_answers_and_cpu_past_the_warm_up():
     got = [(1 * MS, 91 * MS, "model", ""), (2 * MS, 92 * MS, "model", "")]
     got += [(21 * MS, 22 * MS, "model", ""), (22 * MS, 25 * MS, "fallback", "warmup")]
     bench = SimpleNamespace(args=SimpleNamespace(budget_ms=50.0), broker_gc_log=None)
-    row = paired._row("serve", 1000, got, [], m, order, 2, bench, {})
+    row = paired._row("serve", 1000, got, [], m, 2, bench, {})
     assert row["sent"] == 4 and row["answered"] == 4 and row["unanswered"] == 0
     assert row["max_ms"] == 3.0 and row["over_budget_share"] == 0.0
     assert row["fallback_share"] == 0.5
@@ -75,6 +76,13 @@ def test_broker_gc_pauses_count_for_the_system_whose_counted_segment_they_began_
     log.write_text("\n".join([line(5, 30.0), line(21, 12.5), line(25, 3.5), line(35, 9.0)]))
     bench = SimpleNamespace(args=SimpleNamespace(budget_ms=50.0), broker_gc_log=log)
     got = [(base * 10**9 + 22 * MS, base * 10**9 + 23 * MS, "model", "")]
-    row = paired._row("serve", 1000, got, [], m, m.plan, 1, bench, {})
+    row = paired._row("serve", 1000, got, [], m, 1, bench, {})
     assert row["broker_gc_pauses"] == 2
     assert row["broker_gc_pause_max_ms"] == 12.5 and row["broker_gc_pause_total_ms"] == 16.0
+
+
+def test_the_load_schedule_sends_every_frame_once_in_order_and_never_ahead_of_its_rate():
+    t0 = time.monotonic()
+    sent = [i for due in paired.e2e.paced(1000, 20, tick_s=0.001) for i in due]
+    assert sent == list(range(20))
+    assert time.monotonic() - t0 >= 0.019  # frame 19 is due 19 ms after the first
