@@ -52,15 +52,28 @@ Answer = tuple[int, int, str, str]
 """A measured answer: (its frame's t_produce_ns, received ns, source, fallback reason)."""
 
 
-def echo_worker(bootstrap: str, src: str, dst: str) -> None:
-    """The floor's middle hop: consume and re-produce every record unchanged."""
+def burn(ns: int) -> None:
+    """Spend ``ns`` of this thread's CPU time, and nothing else."""
+    until = time.thread_time_ns() + ns
+    while time.thread_time_ns() < until:
+        pass
+
+
+def echo_worker(bootstrap: str, src: str, dst: str, busy_us: float = 0.0) -> None:
+    """The floor's middle hop: consume and re-produce every record unchanged. With
+    ``busy_us``, each poll that brought records first burns that much thread CPU: a
+    service's work per poll, without any of its code."""
     settings = KafkaSettings(bootstrap=bootstrap)
+    busy_ns = int(busy_us * 1e3)
     with Consumer(settings, [src], f"echo-{src}") as c, Producer(settings).connect() as p:
         while not c.assignment():
             c.poll(timeout_ms=50)
         print("ready", flush=True)
         while True:
-            for m in c.poll(timeout_ms=100, max_records=500):
+            msgs = c.poll(timeout_ms=100, max_records=500)
+            if msgs and busy_ns:
+                burn(busy_ns)
+            for m in msgs:
                 p.send(dst, m.value, key=m.key, headers=m.headers)
 
 
@@ -357,9 +370,10 @@ def main() -> None:
     parser.add_argument("--echo-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--dst", help=argparse.SUPPRESS)
+    parser.add_argument("--busy-us", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_worker:
-        echo_worker(args.bootstrap, args.src, args.dst)
+        echo_worker(args.bootstrap, args.src, args.dst, args.busy_us)
         return
     with contextlib.ExitStack() as stack:
         bootstrap = args.bootstrap

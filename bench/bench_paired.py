@@ -20,9 +20,13 @@ bad luck falls on all of them alike.
   in flight, and a handful of them decide much of a 20 s window's p99.
 - Valid only while every system keeps up: one that falls behind answers its backlog during
   the others' segments (its ``unanswered`` and p99 show it).
+- ``busy`` (not by default) is the floor's echo burning ``--busy-us`` of CPU per poll
+  before passing the records on: the tail serve would have if its work per poll were that
+  much CPU and nothing else.
 
-    python bench/bench_paired.py [--systems floor,serve,peer] [--rate 1000] [--segment 2]
-        [--duration 20] [--runs 3] [--bootstrap HOST:PORT] [--json PATH]
+    python bench/bench_paired.py [--systems floor,serve,peer,busy] [--rate 1000]
+        [--segment 2] [--duration 20] [--runs 3] [--busy-us 250] [--bootstrap HOST:PORT]
+        [--json PATH]
 
 ``--duration`` is each system's counted load per run (the run lasts ``len(systems)`` times
 that, plus the warm-up rotation). Without --bootstrap a fresh local broker is started.
@@ -233,18 +237,21 @@ def table(rows: list[dict], systems: list[str]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--systems", default="floor,serve,peer", help="of floor,serve,peer")
+    p.add_argument("--systems", default="floor,serve,peer", help="of floor,serve,peer,busy")
     p.add_argument("--rate", type=int, default=1000, help="frames/s while a system has the load")
     p.add_argument("--segment", type=float, default=2.0, help="s of load per turn")
     p.add_argument("--duration", type=float, default=20.0, help="counted s per system per run")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--bootstrap", default=None, help="use this broker (default: start one)")
     p.add_argument("--serve-flags", default="", help="more `serve` flags")
+    p.add_argument("--busy-us", type=float, default=250.0, help="busy's CPU per poll (µs)")
     p.add_argument("--json", default="", help="write every run's figures here")
     args = p.parse_args()
     peer_args = bp.parse_args(
         ["--systems", args.systems, "--serve-flags", args.serve_flags, "--rates", ""]
-        + (["--bootstrap", args.bootstrap] if args.bootstrap else [])
+        + ["--busy-us", str(args.busy_us)]
+        + (["--bootstrap", args.bootstrap] if args.bootstrap else []),
+        systems=(*bp.SYSTEMS, bp.BUSY),
     )
     bp.exit_cleanly_on_signals()
     rows: list[dict] = []

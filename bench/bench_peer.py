@@ -73,6 +73,10 @@ PEER_REQUIREMENTS = (
     "pyarrow==26.0.1",  # schemas.sensor and schemas.prediction import it
 )
 SYSTEMS = ("floor", "serve", "peer")
+BUSY = "busy"
+"""The floor's echo burning ``--busy-us`` of CPU per poll (bench_paired only): what serve's
+tail would be if its work per poll were that much CPU and nothing else."""
+ECHOES = ("floor", BUSY)
 PARTITIONS = 4
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -227,7 +231,7 @@ class Topics:
 def fresh_topics(b: Bench, system: str) -> Topics:
     names = TopicNames(prefix=f"peer{uuid.uuid4().hex[:8]}-")
     specs = default_topics(PARTITIONS, names.prefix)
-    if system == "floor":  # bench_e2e.load decodes only topics named *predictions
+    if system in ECHOES:  # bench_e2e.load decodes only topics named *predictions
         dst = names.prefix + "echo-out"
         specs.append(TopicSpec(name=dst, partitions=PARTITIONS))
     else:
@@ -239,13 +243,12 @@ def fresh_topics(b: Bench, system: str) -> Topics:
 @contextlib.contextmanager
 def running(b: Bench, system: str, t: Topics, budget_ms: float) -> Iterator[subprocess.Popen]:
     """``system`` started on ``t`` and ready (joined, model loaded); stopped on exit."""
-    if system == "floor":
+    if system in ECHOES:
         cmd = [sys.executable, e2e.__file__, "--echo-worker", "--bootstrap", b.bootstrap]
-        proc = b.procs.add(
-            subprocess.Popen(
-                [*cmd, "--src", t.src, "--dst", t.dst], stdout=subprocess.PIPE, text=True
-            )
-        )
+        cmd += ["--src", t.src, "--dst", t.dst]
+        if system == BUSY:
+            cmd += ["--busy-us", str(b.args.busy_us)]
+        proc = b.procs.add(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
     elif system == "serve":
         e2e.publish_model(b.settings, t.names.models, b.model_record)
         port = free_port()
@@ -262,7 +265,7 @@ def running(b: Bench, system: str, t: Topics, budget_ms: float) -> Iterator[subp
         cmd += ["--linger-ms", str(b.args.peer_linger_ms)]
         proc = b.procs.add(subprocess.Popen(cmd, cwd=ROOT))
     try:
-        if system == "floor":
+        if system in ECHOES:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise SystemExit(f"the echo worker exited with {proc.wait()}")
@@ -384,7 +387,7 @@ def measure_backlog(b: Bench, system: str) -> dict:
             if msgs:
                 last = now_ns()
             got += len(msgs)
-            for m in msgs if system != "floor" else ():
+            for m in msgs if system not in ECHOES else ():
                 p = decode_prediction(m.value)
                 if p.source == "fallback":
                     reasons[p.reason] += 1
@@ -509,10 +512,13 @@ def tables(rows: list[dict], backlog: list[dict], systems: list[str], idle: list
     return "\n".join(out)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None, systems: tuple[str, ...] = SYSTEMS
+) -> argparse.Namespace:
+    """This bench's arguments; ``systems``: the ones ``--systems`` may name."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bootstrap", default=None, help="use this broker (default: start one)")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="of floor,serve,peer")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {','.join(systems)}")
     p.add_argument("--rates", default="1000,5000,10000", help="frames/s; '' = none")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per rate")
     p.add_argument("--runs", type=int, default=3, help="rounds, interleaved")
@@ -531,10 +537,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-python", default="", help="the peer's interpreter (default: built)")
     p.add_argument("--peer-linger-ms", type=float, default=2.0, help="the peer's producer's")
     p.add_argument("--json", default="", help="write every run's figures here")
+    p.add_argument("--busy-us", type=float, default=250.0, help="the busy echo's CPU per poll")
     args = p.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
-    if not args.systems or set(args.systems) - set(SYSTEMS):
-        p.error(f"--systems must name some of {','.join(SYSTEMS)}")
+    if not args.systems or set(args.systems) - set(systems):
+        p.error(f"--systems must name some of {','.join(systems)}")
     args.rates = [int(r) for r in args.rates.split(",") if r]
     return args
 

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import bench_paired as paired
@@ -86,3 +88,22 @@ def test_the_load_schedule_sends_every_frame_once_in_order_and_never_ahead_of_it
     sent = [i for due in paired.e2e.paced(1000, 20, tick_s=0.001) for i in due]
     assert sent == list(range(20))
     assert time.monotonic() - t0 >= 0.019  # frame 19 is due 19 ms after the first
+
+
+def test_busy_is_a_system_only_where_the_caller_allows_it():
+    import bench_peer as bp
+
+    assert bp.parse_args(["--systems", "floor,busy"], (*bp.SYSTEMS, bp.BUSY)).systems == [
+        "floor",
+        "busy",
+    ]
+    with pytest.raises(SystemExit):
+        bp.parse_args(["--systems", "floor,busy"])  # bench_peer's table has no busy row
+
+
+def test_the_busy_echo_burns_its_cpu_per_poll():
+    import bench_e2e
+
+    t0 = time.thread_time_ns()
+    bench_e2e.burn(3 * MS)
+    assert time.thread_time_ns() - t0 >= 3 * MS
