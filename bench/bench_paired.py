@@ -197,19 +197,24 @@ def _row(
     }
 
 
+RATIOS = (
+    ("serve p99 / floor p99", "serve", "floor", "p99_ms"),
+    ("busy p99 / floor p99", "busy", "floor", "p99_ms"),
+    ("serve CPU / peer CPU", "serve", "peer", "cpu_s_per_10k"),
+)
+"""Ratios the table shows per run where both systems ran: (heading, over, under, figure)."""
+
+
 def table(rows: list[dict], systems: list[str]) -> str:
-    """Per run: each system's p50/p99 and CPU, serve's p99 over the floor's and its CPU over
-    the peer's; then the medians."""
+    """Per run: each system's p50/p99 and CPU, then the :data:`RATIOS` of the systems
+    that ran (serve's p99 over the floor's, ...); then the medians."""
+    ratios = [r for r in RATIOS if {r[1], r[2]} <= set(systems)]
     head = ["run"]
     for s in systems:
         head += [f"{s} p50 / p99 ms", f"{s} CPU s/10k"]
-    has = set(systems)
-    if {"serve", "floor"} <= has:
-        head.append("serve p99 / floor p99")
-    if {"serve", "peer"} <= has:
-        head.append("serve CPU / peer CPU")
+    head += [r[0] for r in ratios]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ratios: dict[str, list[float]] = {"p99": [], "cpu": []}
+    values: dict[str, list[float]] = {r[0]: [] for r in ratios}
     by_run: dict[int, dict[str, dict]] = {}
     for r in rows:
         by_run.setdefault(r["run"], {})[r["system"]] = r
@@ -218,19 +223,16 @@ def table(rows: list[dict], systems: list[str]) -> str:
         for s in systems:
             r = rs[s]
             cells += [f"{r['p50_ms']} / {r['p99_ms']}", str(r["cpu_s_per_10k"])]
-        if {"serve", "floor"} <= has:
-            ratios["p99"].append(rs["serve"]["p99_ms"] / rs["floor"]["p99_ms"])
-            cells.append(f"{ratios['p99'][-1]:.2f}")
-        if {"serve", "peer"} <= has:
-            ratios["cpu"].append(rs["serve"]["cpu_s_per_10k"] / rs["peer"]["cpu_s_per_10k"])
-            cells.append(f"{ratios['cpu'][-1]:.2f}")
+        for heading, over, under, key in ratios:
+            values[heading].append(rs[over][key] / rs[under][key])
+            cells.append(f"{values[heading][-1]:.2f}")
         out.append("| " + " | ".join(cells) + " |")
     cells = ["median"]
     for s in systems:
         rs = [r for r in rows if r["system"] == s]
         p50, p99, cpu = (bp._med(rs, k) for k in ("p50_ms", "p99_ms", "cpu_s_per_10k"))
         cells += [f"{p50} / {p99}", str(cpu)]
-    cells += [f"{statistics.median(v):.2f}" for v in ratios.values() if v]
+    cells += [f"{statistics.median(v):.2f}" for v in values.values()]
     out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -107,3 +107,15 @@ def test_the_busy_echo_burns_its_cpu_per_poll():
     t0 = time.thread_time_ns()
     bench_e2e.burn(3 * MS)
     assert time.thread_time_ns() - t0 >= 3 * MS
+
+
+def test_the_table_shows_the_ratios_of_the_systems_that_ran():
+    def row(run, system, p99, cpu):
+        return {"run": run, "system": system, "p50_ms": 1.0, "p99_ms": p99, "cpu_s_per_10k": cpu}
+
+    rows = [row(1, "floor", 4.0, 1.0), row(1, "serve", 6.0, 3.0), row(1, "busy", 5.0, 2.0)]
+    lines = paired.table(rows, ["floor", "serve", "busy"]).splitlines()
+    assert lines[0].endswith("| serve p99 / floor p99 | busy p99 / floor p99 |")
+    assert "serve CPU / peer CPU" not in lines[0]  # no peer ran
+    assert lines[2].endswith("| 1.50 | 1.25 |")
+    assert lines[3].startswith("| median |") and lines[3].endswith("| 1.50 | 1.25 |")
