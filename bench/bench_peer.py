@@ -537,7 +537,8 @@ def parse_args(
     p.add_argument("--peer-python", default="", help="the peer's interpreter (default: built)")
     p.add_argument("--peer-linger-ms", type=float, default=2.0, help="the peer's producer's")
     p.add_argument("--json", default="", help="write every run's figures here")
-    p.add_argument("--busy-us", type=float, default=250.0, help="the busy echo's CPU per poll")
+    busy_help = "the busy echo's CPU per poll, µs" if BUSY in systems else argparse.SUPPRESS
+    p.add_argument("--busy-us", type=float, default=250.0, help=busy_help)
     args = p.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
     if not args.systems or set(args.systems) - set(systems):
