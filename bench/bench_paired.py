@@ -118,16 +118,19 @@ def measure(b: bp.Bench, rate: int, segment: float, duration: float) -> list[dic
         marks = Marks(order)
         done = threading.Event()
 
+        def mark() -> None:
+            marks.add({who: bp.cpu_of(ps) for who, ps in pids.items()})
+
         def produce() -> None:
             sent = dict.fromkeys(systems, 0)
             with Producer(b.settings).connect() as p:
                 for s in order:
-                    marks.add({who: bp.cpu_of(ps) for who, ps in pids.items()})
+                    mark()
                     for due in e2e.paced(rate, per_segment):
                         for _ in due:
                             e2e.send_frame(p, topics[s].src, sent[s], vehicles)
                             sent[s] += 1
-            marks.add({who: bp.cpu_of(ps) for who, ps in pids.items()})
+            mark()
             done.set()
 
         got = {s: [] for s in systems}
@@ -177,11 +180,7 @@ def _row(
     cpu, _ = marks.cpu_s(s, s)
     idle_cpu, idle_wall = marks.cpu_s(s, s, active=False)
     broker = marks.cpu_s("broker", s)[0] if "broker" in marks.cpu[0] else None
-    gc = {}
-    if b.broker_gc_log is not None and b.broker_gc_log.exists():
-        spans = marks.counted_spans(s)
-        pauses = bp.gc_pauses(b.broker_gc_log)
-        gc = bp.pause_stats([ms for at, ms in pauses if any(a <= at < z for a, z in spans)])
+    gc = bp.broker_gc_pauses(b.broker_gc_log, marks.counted_spans(s))
     return {
         "system": s,
         "rate": rate,

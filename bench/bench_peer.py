@@ -309,7 +309,7 @@ def measure_rate(b: Bench, system: str, rate: int, duration: float | None = None
             None if broker0 is None or broker1 is None else broker1 - broker0, res["sent"]
         ),
         "steal_pct": steal_pct(ticks0, ticks1),
-        **broker_gc_pauses(b.broker_gc_log, wall0, wall1),
+        **broker_gc_pauses(b.broker_gc_log, [(wall0, wall1)]),
         "exit_code": exit_code,  # None: it ran to the end
     }
 
@@ -317,12 +317,17 @@ def measure_rate(b: Bench, system: str, rate: int, duration: float | None = None
 _GC_PAUSE = re.compile(r"^\[([^\]]+)\].* Pause .* ([0-9.]+)ms$")
 
 
-def broker_gc_pauses(log: Path | None, start: float, end: float) -> dict:
-    """The broker JVM's GC pauses that began between ``start`` and ``end`` (epoch s):
-    how many, the longest and their sum (ms); empty without a log."""
+def broker_gc_pauses(log: Path | None, spans: list[tuple[float, float]]) -> dict:
+    """The broker JVM's GC pauses that began within ``spans`` ((start, end) epoch s, end
+    excluded): how many, the longest and their sum (ms); empty without a log."""
     if log is None or not log.exists():
         return {}
-    return pause_stats([ms for at, ms in gc_pauses(log) if start <= at <= end])
+    pauses = [ms for at, ms in gc_pauses(log) if any(a <= at < z for a, z in spans)]
+    return {
+        "broker_gc_pauses": len(pauses),
+        "broker_gc_pause_max_ms": max(pauses, default=0.0),
+        "broker_gc_pause_total_ms": round(sum(pauses), 1),
+    }
 
 
 def gc_pauses(log: Path) -> list[tuple[float, float]]:
@@ -334,15 +339,6 @@ def gc_pauses(log: Path) -> list[tuple[float, float]]:
             at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
             pauses.append((at, float(m.group(2))))
     return pauses
-
-
-def pause_stats(pauses: list[float]) -> dict:
-    """How many pauses (ms), the longest and their sum."""
-    return {
-        "broker_gc_pauses": len(pauses),
-        "broker_gc_pause_max_ms": max(pauses, default=0.0),
-        "broker_gc_pause_total_ms": round(sum(pauses), 1),
-    }
 
 
 def measure_idle(b: Bench, system: str) -> dict:
