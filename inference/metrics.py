@@ -48,29 +48,26 @@ class StageHistogram(Collector):
         self._bounds = np.asarray(buckets, dtype=np.float64)
         self._counts = np.zeros((len(STAGES), len(buckets) + 1), np.int64)  # last: +Inf
         self._sums = np.zeros(len(STAGES), np.float64)
-        self._pending: list[tuple[np.ndarray, int, int, int]] = []
+        self._pending: list[np.ndarray] = []
         self._waiting = 0
         self._lock = threading.Lock()
 
-    def observe_batch(self, produced: np.ndarray, t_infer: tuple[int, int], t_pub: int) -> None:
-        """One published batch: ``produced[i]`` is prediction i's (t_produce_ns,
-        t_consumed_ns); inference ran over ``t_infer`` (start, end); all published at
-        ``t_pub``. The array is kept until folded: the caller must not change it."""
+    def observe_batch(self, stamps: np.ndarray) -> None:
+        """One published batch: ``stamps[i]`` is prediction i's (t_produce_ns,
+        t_consumed_ns, t_infer_start_ns, t_infer_end_ns, t_published_ns). The array is kept
+        until folded: the caller must not change it."""
         with self._lock:
-            self._pending.append((produced, *t_infer, t_pub))
-            self._waiting += len(produced)
+            self._pending.append(stamps)
+            self._waiting += len(stamps)
             if self._waiting < FOLD_EVERY:
                 return
             pending, self._pending, self._waiting = self._pending, [], 0
         self._fold(pending)
 
-    def _fold(self, pending: list[tuple[np.ndarray, int, int, int]]) -> None:
+    def _fold(self, pending: list[np.ndarray]) -> None:
         if not pending:
             return
-        stamps = np.concatenate([p[0] for p in pending])
-        sizes = [len(p[0]) for p in pending]
-        t0, t1, t_pub = (np.repeat([p[k] for p in pending], sizes) for k in (1, 2, 3))
-        produce, consumed = stamps[:, 0], stamps[:, 1]
+        produce, consumed, t0, t1, t_pub = np.concatenate(pending).T
         ns = np.stack(
             [
                 np.maximum(0, consumed - produce),  # kafka_in

@@ -18,7 +18,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,12 +35,9 @@ log = logging.getLogger(__name__)
 
 TRANSACTION_TIMEOUT_MS = 10_000
 """Exactly-once: the broker aborts a transaction left open this long (its producer died)."""
-_SAFE_NS = 2**62
-"""A deadline that would overflow int64 is clamped to [0, 2**62] (year 2116)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """What one batch of predictions shares: who answered, why, when, at which horizons."""
 
     horizons: tuple[float, ...]
@@ -128,34 +125,31 @@ class Output:
             return
         enc = self._encoder
         t_pub = now_ns()
-        cols = _columns(items, answer, t_pub)
-        names = answer.names
-        mids = {name: enc.middle(name, answer.source, answer.reason) for name in set(names)}
+        cols, misses = _columns(items, answer, t_pub)
+        names, n = answer.names, len(items)
+        if names.count(names[0]) == n:  # one model, or one physics for the whole batch
+            middles = [enc.middle(names[0], answer.source, answer.reason)] * n
+        else:
+            mids = {name: enc.middle(name, answer.source, answer.reason) for name in set(names)}
+            middles = [mids[name] for name in names]
         vids = [it.vehicle_id for it in items]
+        stamps = cols[:, 2:]
         values = enc.encode_many(
-            vids,
-            cols[:, :2],
-            answer.model_version,
-            [mids[name] for name in names],
-            cols[:, 2:7],
-            answer.horizons,
-            points,
+            vids, cols[:, :2], answer.model_version, middles, stamps, answer.horizons, points
         )
         producer.send_many(self.config.predictions_topic, values, vids, self._headers)
-        self._account(cols, t_pub, answer)
+        self._account(stamps, misses, answer.source)
 
-    def _account(self, cols: np.ndarray, t_pub: int, answer: Answer) -> None:
-        """Counters and stage histograms of one batch (:func:`_columns`) published at
-        ``t_pub``."""
-        n, source, m = len(cols), answer.source, self.metrics
+    def _account(self, stamps: np.ndarray, misses: int, source: prediction.Source) -> None:
+        """Counters and stage histograms of one batch: ``stamps`` as :func:`_columns` gives
+        them, ``misses`` of which were published after their deadline."""
+        n, m = len(stamps), self.metrics
         self.stats[source] += n
         m.by_source[source].inc(n)
-        misses = int(np.count_nonzero(cols[:, 7] < t_pub))
         if misses:
             self.stats["budget_miss"] += misses
             m.budget_misses.labels(source=source).inc(misses)
-        t_infer = (answer.t_infer_start_ns, answer.t_infer_end_ns)
-        m.stage_latency.observe_batch(cols[:, 2:4], t_infer, t_pub)
+        m.stage_latency.observe_batch(stamps)
 
     def dead_letter(self, msg: Message, reason: str, error: BaseException | None = None) -> None:
         """Send an unusable record to the dead-letter topic: raw bytes and headers kept,
@@ -307,27 +301,15 @@ class Output:
             self.committed.pop(key, None)
 
 
-def _columns(items: Sequence[Pending], answer: Answer, t_pub: int) -> np.ndarray:
-    """``[n, 8]`` int64 of a batch: seq and t_event_ns (what each prediction answers), its
-    five stamps (t_produce_ns, t_consumed_ns, t_infer_start_ns, t_infer_end_ns,
-    t_published_ns) and deadline_ns, in one array. Only a deadline can pass int64
-    (validation bounds the rest): it is then clamped to [0, 2**62], which judges lateness
-    the same."""
+def _columns(items: Sequence[Pending], answer: Answer, t_pub: int) -> tuple[np.ndarray, int]:
+    """``[n, 7]`` int64 of a batch: seq and t_event_ns (what each prediction answers), then
+    its five stamps (t_produce_ns, t_consumed_ns, t_infer_start_ns, t_infer_end_ns,
+    t_published_ns); and how many were published after their deadline (a deadline is
+    never in the array: only it can pass int64, validation bounds the rest)."""
     t0, t1 = answer.t_infer_start_ns, answer.t_infer_end_ns
     rows = [
-        (
-            it.seq,
-            it.t_event_ns,
-            it.origin.t_produce_ns,
-            it.origin.t_consumed_ns,
-            t0,
-            t1,
-            t_pub,
-            it.origin.deadline_ns,
-        )
+        (it.seq, it.t_event_ns, it.origin.t_produce_ns, it.origin.t_consumed_ns, t0, t1, t_pub)
         for it in items
     ]
-    try:
-        return np.array(rows, np.int64)
-    except OverflowError:
-        return np.array([(*r[:7], min(max(r[7], 0), _SAFE_NS)) for r in rows], np.int64)
+    misses = sum(it.origin.deadline_ns < t_pub for it in items)
+    return np.array(rows, np.int64), misses

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -174,7 +175,6 @@ class PredictionEncoder(CachedParts[bytes]):
     def __init__(self) -> None:
         super().__init__()
         self._points: dict[int, struct.Struct] = {}
-        self._layouts: dict[tuple[int, int], np.dtype] = {}
         self._templates: dict[tuple[bytes, int, tuple[float, ...]], np.ndarray] = {}
 
     def _vehicle_part(self, vehicle_id: str) -> bytes:
@@ -260,43 +260,83 @@ class PredictionEncoder(CachedParts[bytes]):
         horizons: Sequence[float],
         points: np.ndarray,
     ) -> tuple[bytes, int]:
-        """The fixed-size part of each value (after the vehicle id), as one buffer."""
-        rec = np.repeat(self._template(middle, model_version, tuple(horizons)), len(ids))
-        rec["head"][:, :2] = ids
-        rec["stamps"] = stamps
-        rec["points"][:, :, 1:] = points
-        return rec.tobytes(), rec.itemsize
+        """The fixed-size part of each value (after the vehicle id), as one buffer: the
+        batch's template written once per row, then its numbers, in one compiled pass."""
+        template = self._template(middle, model_version, tuple(horizons))
+        out = np.empty((len(ids), len(template)), np.uint8)
+        _fill_records(template, ids, stamps, points, _HEAD.size + len(middle), out)
+        return out.tobytes(), len(template)
 
     def _template(
         self, middle: bytes, model_version: int, horizons: tuple[float, ...]
     ) -> np.ndarray:
-        """A record with what a batch shares filled in: version, middle, the horizons."""
+        """The bytes of a record with what a batch shares filled in: version, middle, the
+        horizons (:func:`_fill_records` writes the rest)."""
         key = (middle, model_version, horizons)
         t = self._templates.get(key)
         if t is None:
             if len(self._templates) > 256:  # versions come and go
                 self._templates.clear()
-            t = self._templates[key] = np.zeros(1, self._layout(len(middle), len(horizons)))
-            t["head"][:, 2] = model_version
-            t["middle"] = np.frombuffer(middle, t.dtype["middle"])[0]
-            t["k"] = len(horizons)
-            t["points"][:, :, 0] = horizons
+            flat = [v for h in horizons for v in (h, 0.0, 0.0)]
+            record = b"".join(
+                (
+                    _HEAD.pack(0, 0, model_version),
+                    middle,
+                    _STAMPS.pack(*(0,) * 5),
+                    self.points(len(horizons)).pack(len(horizons), *flat),
+                )
+            )
+            t = self._templates[key] = np.frombuffer(record, np.uint8).copy()
         return t
 
-    def _layout(self, middle: int, k: int) -> np.dtype:
-        """The record after the vehicle id, for a middle of ``middle`` bytes and K points."""
-        dt = self._layouts.get((middle, k))
-        if dt is None:
-            dt = self._layouts[(middle, k)] = np.dtype(
-                [
-                    ("head", "<i8", 3),
-                    ("middle", f"V{middle}"),
-                    ("stamps", "<i8", 5),
-                    ("k", "u1"),
-                    ("points", "<f8", (k, 3)),
-                ]
-            )
-        return dt
+
+_ROW = numba.uint8[::1]
+
+
+@numba.njit(
+    [
+        numba.void(
+            _ROW,
+            numba.int64[:, :],
+            numba.int64[:, :],
+            numba.float32[:, :, :],
+            numba.int64,
+            numba.uint8[:, ::1],
+        ),
+        numba.void(
+            _ROW,
+            numba.int64[:, :],
+            numba.int64[:, :],
+            numba.float64[:, :, :],
+            numba.int64,
+            numba.uint8[:, ::1],
+        ),
+    ],
+    cache=True,
+    nogil=True,
+)
+def _fill_records(template, ids, stamps, points, stamps_at, out):
+    """Row ``i`` of ``out``: ``template`` with ``ids[i]`` (seq, t_event_ns) at its start,
+    ``stamps[i]`` at ``stamps_at`` and ``points[i]`` (x, y; as float64) after each
+    horizon of the K triples that follow the K byte. Little-endian, like struct's ``<``."""
+    i64 = np.empty(1, np.int64)
+    f64 = np.empty(1, np.float64)
+    i64_bytes, f64_bytes = i64.view(np.uint8), f64.view(np.uint8)
+    points_at = stamps_at + 8 * stamps.shape[1] + 1
+    for i in range(out.shape[0]):
+        row = out[i]
+        row[:] = template
+        for c in range(ids.shape[1]):
+            i64[0] = ids[i, c]
+            row[8 * c : 8 * c + 8] = i64_bytes
+        for c in range(stamps.shape[1]):
+            i64[0] = stamps[i, c]
+            row[stamps_at + 8 * c : stamps_at + 8 * c + 8] = i64_bytes
+        for j in range(points.shape[1]):
+            for c in range(2):
+                f64[0] = points[i, j, c]
+                at = points_at + 24 * j + 8 + 8 * c
+                row[at : at + 8] = f64_bytes
 
 
 def _positions(parts: Sequence[bytes]) -> dict[bytes, list[int]]:

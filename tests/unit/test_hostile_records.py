@@ -168,10 +168,11 @@ def test_output_never_overflows_on_stamps_that_passed_validation_or_not() -> Non
         Pending.of(GOOD, None, TOPIC, 0, 0, t, now_ns(), t + 10**18) for t in (0, limit, 2**63 - 1)
     ]
     answer = Answer((1.0,), 1, ["cv"] * 3, "fallback", "no_model", now_ns(), now_ns())
-    cols = _columns(items, answer, now_ns())
-    assert cols.shape == (3, 8) and cols[:, 2].tolist() == [0, limit, 2**63 - 1]
-    assert cols[:, 7].tolist() == [10**18, limit + 10**18, 2**62]  # past int64: clamped
-    out._account(cols, now_ns(), answer)  # no OverflowError
+    cols, misses = _columns(items, answer, now_ns())  # no OverflowError
+    assert cols.shape == (3, 7) and cols[:, 2].tolist() == [0, limit, 2**63 - 1]
+    assert misses == 1  # the first: its deadline (10**18) passed; the third's is past int64
+    out._account(cols[:, 2:], misses, answer.source)
+    assert out.stats["budget_miss"] == 1
 
 
 def test_huge_value_and_header_are_cut_to_fit_with_sizes_and_sha256() -> None:

@@ -38,8 +38,13 @@ def test_a_batch_encodes_to_the_same_bytes_as_record_by_record(encoder) -> None:
     vids = [rng.choice(["a", "veh-ü1", "x" * 200, "車"]) for _ in range(n)]
     ids = np.stack([rng.integers(0, 2**63 - 1, n), rng.integers(0, 2**63 - 1, n)], 1)
     stamps = rng.integers(0, 2**63 - 1, (n, 5))
-    points = rng.normal(size=(n, len(H), 2)).astype(np.float32) * 1e4
-    for names in (["ctrv"] * n, [rng.choice(["cv", "ctrv"]) for _ in range(n)]):
+    model_points = rng.normal(size=(n, len(H), 2)).astype(np.float32) * 1e4
+    physics_points = rng.normal(size=(n, len(H), 2)) * 1e4  # the fallback's are float64
+    for names, points in (
+        (["ctrv"] * n, physics_points),
+        ([rng.choice(["cv", "ctrv"]) for _ in range(n)], physics_points),
+        (["drivestream"] * n, model_points),
+    ):
         middles = [enc.middle(name, "fallback", "late") for name in names]
         got = enc.encode_many(vids, ids, -1, middles, stamps, H, points)
         want = [
@@ -64,9 +69,10 @@ def test_a_batch_encodes_to_the_same_bytes_as_record_by_record(encoder) -> None:
 def test_stage_histogram_computes_each_stage_from_a_batchs_stamps() -> None:
     m = ServeMetrics()
     ms = 1_000_000
-    produced = np.array([[0, 2 * ms], [1 * ms, 3 * ms]], np.int64)  # t_produce, t_consumed
-    m.stage_latency.observe_batch(produced, (4 * ms, 9 * ms), 10 * ms)
-    m.stage_latency.observe_batch(np.array([[5 * ms, 4 * ms]]), (6 * ms, 7 * ms), 8 * ms)
+    # t_produce, t_consumed, t_infer_start, t_infer_end, t_published
+    first = np.array([[0, 2, 4, 9, 10], [1, 3, 4, 9, 10]], np.int64) * ms
+    m.stage_latency.observe_batch(first)
+    m.stage_latency.observe_batch(np.array([[5, 4, 6, 7, 8]], np.int64) * ms)
     want = {  # seconds, summed over the three predictions
         "kafka_in": (2 + 2 + 0) / 1e3,  # a clock skew (consumed before produced) reads 0
         "queue": (2 + 1 + 2) / 1e3,
@@ -84,7 +90,7 @@ def test_stage_histogram_computes_each_stage_from_a_batchs_stamps() -> None:
 def test_stage_histogram_folds_a_long_run_of_batches_without_losing_one() -> None:
     m = ServeMetrics()
     for i in range(3 * FOLD_EVERY + 7):
-        m.stage_latency.observe_batch(np.array([[0, 1_000]], np.int64), (i, i), i)
+        m.stage_latency.observe_batch(np.array([[0, 1_000, i, i, i]], np.int64))
     cumulative, _ = m.stage_latency.counts("kafka_in")
     assert cumulative[0] == cumulative[-1] == 3 * FOLD_EVERY + 7  # 1 µs: the first bucket
 
