@@ -30,6 +30,7 @@ import bench_peer as bp  # bench/ is on sys.path as a script; bench_e2e adds the
 
 from inference.gate import MODEL, Verdict
 from inference.runtime import LoadedModel, build_session
+from inference.service import settle_heap
 from schemas.envelope import decode_envelope
 from schemas.sensor import SensorFrame
 from tests.unit import test_inference_service as fakes
@@ -99,6 +100,7 @@ def serve_cost(
                     svc.step()
 
     run([polls(b) for b in range(WARM_BURSTS)])
+    settle_heap()  # as serve's open() does: no full GC pass over start-up's objects
     out = []
     for k in range(runs):
         first = WARM_BURSTS + k * bursts
