@@ -256,8 +256,7 @@ class HistoryStore:
         """Store the poll's rows and gather its windows; with ``label``, also label every
         window whose truth arrived (else :meth:`label_due` does, later)."""
         if self._batch is not None:
-            self._store(label)
-            self._batch = None
+            self._write(label)
 
     def label_due(self) -> None:
         """Label the windows whose truth arrived once enough wait (:data:`LABEL_BATCH`, or
@@ -274,8 +273,15 @@ class HistoryStore:
         return len(b.window_end) - 1
 
     def _store(self, label: bool = False) -> _Batch:
+        """:meth:`_write` the current batch and start the next one (mid-poll)."""
+        b = self._write(label)
+        self._batches += 1
+        self._batch = _Batch(b.frames, b.xy, self._batches)
+        return self._batch
+
+    def _write(self, label: bool = False) -> _Batch:
         """Write and gather what the current batch holds, and with ``label`` label the
-        windows whose truth arrived; returns the next batch."""
+        windows whose truth arrived; returns it (no batch is current after)."""
         b = self._batch
         assert b is not None
         self._batch = None  # a failure below must not leave a half-stored batch behind
@@ -289,9 +295,7 @@ class HistoryStore:
         if label:
             self._flush_labels()
         self._unscored.extend(b.awaiting)
-        self._batches += 1
-        self._batch = _Batch(b.frames, b.xy, self._batches)
-        return self._batch
+        return b
 
     def _flush_labels(self) -> None:
         """Ground truth of every window whose longest horizon arrived."""

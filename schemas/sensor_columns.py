@@ -57,7 +57,7 @@ _FIELDS = (_BODY_SIZE - 1) // 8
 """Eight-byte fields of a body (seq, t_event_ns, the values); gnss_quality is its last byte."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class FrameColumns:
     """The valid frames of a batch of records, column by column, in record order.
 
