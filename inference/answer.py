@@ -8,9 +8,9 @@ CV/CTRV fallback with a reason. Each answer goes to :class:`inference.output.Out
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 
+import numba
 import numpy as np
 
 from inference import fallback
@@ -89,15 +89,16 @@ class Answerer:
         self.metrics.batch_size.observe(n)
         out = out[:n]
         answer = Answer(horizons, model.version, [model.name] * n, "model", "", t_start, t_end)
-        if math.isfinite(np.add.reduce(out, axis=None)):  # a NaN or inf anywhere spreads
+        if _all_finite(out):
             self.output.publish(items, out, answer)
             return
         finite = np.isfinite(out).all(axis=(1, 2))
+        one = answer._replace(names=answer.names[:1])
         for i, it in enumerate(items):  # rare: keep each vehicle's answers in frame order
             if not finite[i]:
                 self.fallback([it], "non_finite", horizons)
             else:
-                self.output.publish([it], out[i : i + 1], answer)
+                self.output.publish([it], out[i : i + 1], one)
 
     def fallback(
         self,
@@ -144,3 +145,14 @@ def _model_input(blocks: list[np.ndarray], rows: list[int], shape: int) -> np.nd
     x = np.zeros((shape, *block.shape[1:]), np.float32)
     x[: len(rows)] = picked
     return x
+
+
+@numba.njit(["boolean(float32[:, :, :])", "boolean(float64[:, :, :])"], cache=True, nogil=True)
+def _all_finite(points):
+    """No NaN or inf in ``points`` (compiled: in the loop numpy's reduction costs ~5x this)."""
+    for i in range(points.shape[0]):
+        for j in range(points.shape[1]):
+            for c in range(points.shape[2]):
+                if not np.isfinite(points[i, j, c]):
+                    return False
+    return True

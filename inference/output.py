@@ -127,6 +127,7 @@ class Output:
         t_pub = now_ns()
         cols, misses = _columns(items, answer, t_pub)
         names, n = answer.names, len(items)
+        assert len(names) == n, "one model name per item"
         if names.count(names[0]) == n:  # one model, or one physics for the whole batch
             middles = [enc.middle(names[0], answer.source, answer.reason)] * n
         else:

@@ -282,6 +282,29 @@ def test_by_default_a_polls_model_frames_are_answered_in_its_iteration_as_one_ba
     assert all(p.source == "model" for p in producer.predictions()[-3:])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_model_answer_with_nan_or_inf_falls_back_for_that_frame_only(bad) -> None:
+    svc, producer, consumer = make_service()
+    serve(svc, InputSpec())
+    for seq in range(10):  # history, so the model can answer
+        consumer.batches = [[record(seq, [frame(v, seq) for v in "abc"])]]
+        svc.step()
+    run = svc.model.run
+
+    def poisoned(x):
+        out = run(x)
+        if len(out) >= 3:  # the poll's batch, padded (not a lone window the gate scored)
+            out[1, -1, 0] = bad  # the second vehicle's last horizon
+        return out
+
+    svc.model.run = poisoned  # type: ignore[union-attr]
+    consumer.batches = [[record(10, [frame(v, 10) for v in "abc"])]]
+    svc.step()
+    got = [(p.vehicle_id, p.source, p.reason) for p in producer.predictions()[-3:]]
+    assert got == [("a", "model", ""), ("b", "fallback", "non_finite"), ("c", "model", "")]
+    assert svc.stats["fallback_non_finite"] == 1
+
+
 def test_failed_delivery_is_never_committed_and_stops_the_service() -> None:
     svc, producer, consumer = make_service(batches=[[record(0, [frame("a", 1)])]])
     producer.fail_on_flush = True
