@@ -62,17 +62,9 @@ class Rings:
         end[q] - 1`` of slot ``slot[q]``. The windows are float32 ``[Q, width, 1 + STATE]``,
         exactly :func:`schemas.window.window_rows` of those rows."""
         out = np.empty((len(end), width, 1 + STATE), np.float32)
-        _store(
-            self.times,
-            self.values,
-            np.array(at, np.int64),
-            times,
-            values,
-            np.array(frame, np.int64),
-            np.array(slot, np.int64),
-            np.array(end, np.int64),
-            out,
-        )
+        rows = np.array((at, frame), np.int64)
+        windows = np.array((slot, end), np.int64)
+        _store(self.times, self.values, rows, times, values, windows, out)
         return out
 
     def read(
@@ -104,23 +96,26 @@ class Rings:
 
 
 @numba.njit(
-    "void(int64[:, ::1], float64[:, :, ::1], int64[::1], int64[:], float64[:, :], int64[::1],"
-    " int64[::1], int64[::1], float32[:, :, ::1])",
+    "void(int64[:, ::1], float64[:, :, ::1], int64[:, ::1], int64[:], float64[:, :],"
+    " int64[:, ::1], float32[:, :, ::1])",
     cache=True,
     nogil=True,
 )
-def _store(rt, rv, at, times, values, frame, slot, end, out):
-    """:meth:`Rings.store`'s loops; the window arithmetic is window_rows' (times to float64
-    first, then minus the newest, over NS, each value rounded once to float32)."""
+def _store(rt, rv, rows, times, values, windows, out):
+    """:meth:`Rings.store`'s loops over ``rows`` (at, frame) and ``windows`` (slot, end);
+    the window arithmetic is window_rows' (times to float64 first, then minus the newest,
+    over NS, each value rounded once to float32)."""
     cap = rt.shape[1]
     flat_t = rt.reshape(-1)
     flat_v = rv.reshape(-1, STATE)
-    for k in range(len(at)):
+    at, frame = rows[0], rows[1]
+    for k in range(rows.shape[1]):
         flat_t[at[k]] = times[frame[k]]
         for c in range(STATE):
             flat_v[at[k], c] = values[frame[k], c]
+    slot, end = windows[0], windows[1]
     width = out.shape[1]
-    for q in range(len(end)):
+    for q in range(windows.shape[1]):
         base = slot[q] * cap
         newest = np.float64(flat_t[base + (end[q] - 1) % cap])
         for j in range(width):

@@ -133,11 +133,12 @@ def decode_columns(values: Sequence[bytes]) -> FrameColumns:
     """
     buf = b"".join(values)
     ends = np.fromiter(itertools.accumulate(map(len, values)), np.int64, len(values))
-    rec, id_at, seq, times, vals, q, bounds, flagged = _scan(np.frombuffer(buf, np.uint8), ends)
-    vids = _vehicle_ids([buf[a + 1 : a + 1 + buf[a]] for a in id_at.tolist()])
+    ints, vals, q, bounds, flagged = _scan(np.frombuffer(buf, np.uint8), ends)
+    records, id_at, seq_list, t_list = ints.tolist()
+    vids = _vehicle_ids([buf[a + 1 : a + 1 + buf[a]] for a in id_at])
     suspect = set(flagged.tolist())
     if None in vids:
-        suspect.update(r for r, v in zip(rec.tolist(), vids, strict=True) if v is None)
+        suspect.update(r for r, v in zip(records, vids, strict=True) if v is None)
     errors: list[ValidationError | None] = [None] * len(values)
     for r in sorted(suspect):
         try:
@@ -146,15 +147,17 @@ def decode_columns(values: Sequence[bytes]) -> FrameColumns:
             errors[r] = exc
         else:  # never seen: the two passes read and check exactly as decode_frames does
             return _per_record(values)
+    times = ints[3]
     if suspect:  # drop the frames of bad records
-        keep = [errors[r] is None for r in rec.tolist()]
+        keep = [errors[r] is None for r in records]
         vids = [v for v, k in zip(vids, keep, strict=True) if k]
-        rec, seq, times, vals, q = rec[keep], seq[keep], times[keep], vals[keep], q[keep]
+        rec, _, seq, times = ints[:, keep]
+        vals, q, seq_list, t_list = vals[keep], q[keep], seq.tolist(), times.tolist()
         bounds = np.concatenate([[0], np.cumsum(np.bincount(rec, minlength=len(values)))])
     return FrameColumns(
         vids,  # type: ignore[arg-type]  # None only in records dropped above
-        seq.tolist(),
-        times.tolist(),
+        seq_list,
+        t_list,
         times,
         vals,
         q,
@@ -179,7 +182,7 @@ _I64, _F64 = numba.int64[::1], numba.float64[:, ::1]
 
 
 @numba.njit(
-    numba.types.Tuple((_I64, _I64, _I64, _I64, _F64, numba.int8[::1], _I64, _I64))(
+    numba.types.Tuple((numba.int64[:, ::1], _F64, numba.int8[::1], _I64, _I64))(
         numba.types.Array(numba.uint8, 1, "C", readonly=True), _I64
     ),
     cache=True,
@@ -187,10 +190,11 @@ _I64, _F64 = numba.int64[::1], numba.float64[:, ::1]
 )
 def _scan(buf, ends):
     """A poll's bytes (records ending at ``ends``) as columns of the frames of its whole
-    records: record, where the vehicle id's length byte is, seq, t_event_ns, the
-    :data:`VALUE_COLUMNS` and gnss_quality; frame bounds per record; and the records that
-    are not whole (empty, truncated, no frames, trailing bytes) or hold a frame out of
-    validate_frame's ranges, in order."""
+    records: ``[4, N]`` of record, where the vehicle id's length byte is, seq and
+    t_event_ns (one array: each returned array costs a boxing); the :data:`VALUE_COLUMNS`
+    and gnss_quality; frame bounds per record; and the records that are not whole (empty,
+    truncated, no frames, trailing bytes) or hold a frame out of validate_frame's ranges,
+    in order."""
     counts = np.zeros(len(ends), np.int64)  # frames of each whole record, else 0
     whole = np.zeros(len(ends), np.bool_)
     start = 0
@@ -208,8 +212,8 @@ def _scan(buf, ends):
     bounds = np.zeros(len(ends) + 1, np.int64)
     bounds[1:] = np.cumsum(counts)
     n = bounds[-1]
-    rec, id_at = np.empty(n, np.int64), np.empty(n, np.int64)
-    seq, times = np.empty(n, np.int64), np.empty(n, np.int64)
+    ints = np.empty((4, n), np.int64)
+    rec, id_at, seq, times = ints[0], ints[1], ints[2], ints[3]
     vals, q = np.empty((n, 8), np.float64), np.empty(n, np.int8)
     flagged = ~whole
     word = np.empty(1, np.uint64)  # a little-endian 8-byte field, read as int64 or float64
@@ -233,7 +237,7 @@ def _scan(buf, ends):
             q[i] = np.int8(buf[body + _BODY_SIZE - 1])
             flagged[r] |= not _plausible(seq[i], times[i], vals[i], q[i])
             at = body + _BODY_SIZE
-    return rec, id_at, seq, times, vals, q, bounds, np.flatnonzero(flagged).astype(np.int64)
+    return ints, vals, q, bounds, np.flatnonzero(flagged).astype(np.int64)
 
 
 def _vehicle_ids(raw: list[bytes]) -> list[str | None]:
