@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from inference.batch_encoder import BatchPredictionEncoder
 from inference.batching import Pending
 from inference.config import ServeConfig
 from inference.errors import DeliveryError
@@ -70,7 +71,7 @@ class Output:
         self._encoder: prediction.ValueEncoder = (
             JsonPredictionEncoder()
             if config.predictions_format == "json"
-            else prediction.PredictionEncoder()
+            else BatchPredictionEncoder()
         )
         self._headers = prediction.prediction_headers(
             "json" if config.predictions_format == "json" else "binary"

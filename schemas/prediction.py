@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-import numba
 import numpy as np
 import pyarrow as pa
 
@@ -88,9 +87,9 @@ class Prediction:
 
 # Value v1: str vehicle_id | q seq | q t_event_ns | q model_version | str model_name |
 # B source index | str reason | 5q stamps | B K | K * (3d horizon x y)
-_HEAD = struct.Struct("<qqq")
+HEAD = struct.Struct("<qqq")
 _SRC = struct.Struct("<B")
-_STAMPS = struct.Struct("<5q")
+STAMPS = struct.Struct("<5q")
 _K = struct.Struct("<B")
 _POINT = struct.Struct("<3d")
 
@@ -168,14 +167,14 @@ class CachedParts(Generic[P]):
 class PredictionEncoder(CachedParts[bytes]):
     """The v1 value layout, written field by field from plain values.
 
-    Serving encodes one record per frame; this caches what repeats (vehicle ids, the
-    model name/source/reason block, the struct of K points) so a batch costs little.
+    It caches what repeats (vehicle ids, the model name/source/reason block, the struct
+    of K points). Serve encodes whole batches with
+    :class:`inference.batch_encoder.BatchPredictionEncoder`, to the same bytes.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._points: dict[int, struct.Struct] = {}
-        self._templates: dict[tuple[bytes, int, tuple[float, ...]], np.ndarray] = {}
 
     def _vehicle_part(self, vehicle_id: str) -> bytes:
         return pack_string(vehicle_id)
@@ -214,137 +213,12 @@ class PredictionEncoder(CachedParts[bytes]):
         return b"".join(
             (
                 self.vehicle(vehicle_id),
-                _HEAD.pack(seq, t_event_ns, model_version),
+                HEAD.pack(seq, t_event_ns, model_version),
                 middle,
-                _STAMPS.pack(*stamps),
+                STAMPS.pack(*stamps),
                 points.pack(*flat),
             )
         )
-
-    def encode_many(
-        self,
-        vehicle_ids: Sequence[str],
-        ids: np.ndarray,
-        model_version: int,
-        middles: Sequence[bytes],
-        stamps: np.ndarray,
-        horizons: Sequence[float],
-        points: np.ndarray,
-    ) -> list[bytes]:
-        """The batch in one pass: everything after the vehicle id is a fixed-size record
-        per middle, written column by column and cut from one buffer."""
-        n, k = len(vehicle_ids), len(horizons)
-        self.points(k)  # 1..255 horizons
-        if points.shape != (n, k, 2):
-            raise CodecError("horizons_s", "horizons, pred_x and pred_y differ in length")
-        vids = [self.vehicle(v) for v in vehicle_ids]
-        if n and middles.count(middles[0]) == n:  # one model or one fallback: one record
-            buf, size = self._records(middles[0], ids, model_version, stamps, horizons, points)
-            return [vid + buf[i * size : (i + 1) * size] for i, vid in enumerate(vids)]
-        out = [b""] * n
-        for middle, where in _positions(middles).items():
-            idx = np.array(where)
-            buf, size = self._records(
-                middle, ids[idx], model_version, stamps[idx], horizons, points[idx]
-            )
-            for j, i in enumerate(where):
-                out[i] = vids[i] + buf[j * size : (j + 1) * size]
-        return out
-
-    def _records(
-        self,
-        middle: bytes,
-        ids: np.ndarray,
-        model_version: int,
-        stamps: np.ndarray,
-        horizons: Sequence[float],
-        points: np.ndarray,
-    ) -> tuple[bytes, int]:
-        """The fixed-size part of each value (after the vehicle id), as one buffer: the
-        batch's template written once per row, then its numbers, in one compiled pass."""
-        template = self._template(middle, model_version, tuple(horizons))
-        out = np.empty((len(ids), len(template)), np.uint8)
-        _fill_records(template, ids, stamps, points, _HEAD.size + len(middle), out)
-        return out.tobytes(), len(template)
-
-    def _template(
-        self, middle: bytes, model_version: int, horizons: tuple[float, ...]
-    ) -> np.ndarray:
-        """The bytes of a record with what a batch shares filled in: version, middle, the
-        horizons (:func:`_fill_records` writes the rest)."""
-        key = (middle, model_version, horizons)
-        t = self._templates.get(key)
-        if t is None:
-            if len(self._templates) > 256:  # versions come and go
-                self._templates.clear()
-            flat = [v for h in horizons for v in (h, 0.0, 0.0)]
-            record = b"".join(
-                (
-                    _HEAD.pack(0, 0, model_version),
-                    middle,
-                    _STAMPS.pack(*(0,) * 5),
-                    self.points(len(horizons)).pack(len(horizons), *flat),
-                )
-            )
-            t = self._templates[key] = np.frombuffer(record, np.uint8).copy()
-        return t
-
-
-_ROW = numba.uint8[::1]
-
-
-@numba.njit(
-    [
-        numba.void(
-            _ROW,
-            numba.int64[:, :],
-            numba.int64[:, :],
-            numba.float32[:, :, :],
-            numba.int64,
-            numba.uint8[:, ::1],
-        ),
-        numba.void(
-            _ROW,
-            numba.int64[:, :],
-            numba.int64[:, :],
-            numba.float64[:, :, :],
-            numba.int64,
-            numba.uint8[:, ::1],
-        ),
-    ],
-    cache=True,
-    nogil=True,
-)
-def _fill_records(template, ids, stamps, points, stamps_at, out):
-    """Row ``i`` of ``out``: ``template`` with ``ids[i]`` (seq, t_event_ns) at its start,
-    ``stamps[i]`` at ``stamps_at`` and ``points[i]`` (x, y; as float64) after each
-    horizon of the K triples that follow the K byte. Little-endian, like struct's ``<``."""
-    i64 = np.empty(1, np.int64)
-    f64 = np.empty(1, np.float64)
-    i64_bytes, f64_bytes = i64.view(np.uint8), f64.view(np.uint8)
-    points_at = stamps_at + 8 * stamps.shape[1] + 1
-    for i in range(out.shape[0]):
-        row = out[i]
-        row[:] = template
-        for c in range(ids.shape[1]):
-            i64[0] = ids[i, c]
-            row[8 * c : 8 * c + 8] = i64_bytes
-        for c in range(stamps.shape[1]):
-            i64[0] = stamps[i, c]
-            row[stamps_at + 8 * c : stamps_at + 8 * c + 8] = i64_bytes
-        for j in range(points.shape[1]):
-            for c in range(2):
-                f64[0] = points[i, j, c]
-                at = points_at + 24 * j + 8 + 8 * c
-                row[at : at + 8] = f64_bytes
-
-
-def _positions(parts: Sequence[bytes]) -> dict[bytes, list[int]]:
-    """Where each distinct part occurs."""
-    out: dict[bytes, list[int]] = {}
-    for i, part in enumerate(parts):
-        out.setdefault(part, []).append(i)
-    return out
 
 
 class ValueEncoder(Protocol):
@@ -410,13 +284,13 @@ def decode_prediction(value: bytes, fmt: Format = "binary") -> Prediction:
         raise CodecError("format", f"unknown prediction format {fmt!r}; one of {FORMATS}")
     r = Reader(value, "prediction")
     vid = r.string()
-    seq, t_event, version = r.unpack(_HEAD)
+    seq, t_event, version = r.unpack(HEAD)
     name = r.string()
     (src,) = r.unpack(_SRC)
     if src >= len(SOURCES):
         raise CodecError("source", f"unknown source index {src}")
     reason = r.string()
-    stamps = r.unpack(_STAMPS)
+    stamps = r.unpack(STAMPS)
     (k,) = r.unpack(_K)
     points = [r.unpack(_POINT) for _ in range(k)]
     r.done()

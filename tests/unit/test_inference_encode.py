@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference.batch_encoder import BatchPredictionEncoder
 from inference.metrics import FOLD_EVERY, LATENCY_BUCKETS, STAGES, ServeMetrics
 from schemas.errors import CodecError
 from schemas.prediction import Prediction, PredictionEncoder, decode_prediction
@@ -30,7 +31,9 @@ def test_batch_encoder_round_trips_through_the_schemas_decoder() -> None:
         assert decode_prediction(got) == p
 
 
-@pytest.mark.parametrize("encoder", [PredictionEncoder, JsonPredictionEncoder])
+@pytest.mark.parametrize(
+    "encoder", [BatchPredictionEncoder, PredictionEncoder, JsonPredictionEncoder]
+)
 def test_a_batch_encodes_to_the_same_bytes_as_record_by_record(encoder) -> None:
     """Serve encodes a batch in one pass; each value must be what encode() writes."""
     enc, rng = encoder(), np.random.default_rng(5)
