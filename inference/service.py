@@ -280,7 +280,8 @@ class InferenceService:
             self._commit(unless_busy=True)
         if msgs:
             self._handle_poll(msgs)
-            self._answer_deferred()
+            if self._deferred:
+                self._answer_deferred()
         while self.batcher.due(now_ns()):
             self._run_batch(self.batcher.take())
         self.history.label_due()  # after answering: labels never delay an answer

@@ -43,12 +43,8 @@ class Limits:
     """GNSS error allowed on top of ``max_speed_ms`` x dt."""
 
 
-@dataclass(slots=True)
-class _Point:
-    seq: int
-    t_ns: int
-    x: float
-    y: float
+_Point = tuple[int, int, float, float]
+"""seq, t_ns, x, y of an accepted (or candidate) frame: a plain tuple, made per frame."""
 
 
 class VehicleClock:
@@ -65,7 +61,7 @@ class VehicleClock:
 
     def judge(self, seq: int, t_ns: int, x: float, y: float) -> str:
         """'ok', 'restart' (a confirmed jump), 'out_of_order', or why it is implausible."""
-        p = _Point(seq, t_ns, x, y)
+        p = (seq, t_ns, x, y)
         if self.last is None:
             self.last = p
             return OK
@@ -94,14 +90,16 @@ class VehicleClock:
 
     def _implausible(self, a: _Point, b: _Point) -> str | None:
         lim = self.limits
-        if b.seq <= a.seq or b.t_ns <= a.t_ns:
+        a_seq, a_t, a_x, a_y = a
+        b_seq, b_t, b_x, b_y = b
+        if b_seq <= a_seq or b_t <= a_t:
             return OUT_OF_ORDER
-        dt = (b.t_ns - a.t_ns) / NS
+        dt = (b_t - a_t) / NS
         if dt > lim.max_time_jump_s:
             return f"implausible_time_jump (+{dt:.0f} s)"
-        if b.seq - a.seq > lim.max_seq_jump:
-            return f"implausible_seq_jump (+{b.seq - a.seq})"
-        dist = math.hypot(b.x - a.x, b.y - a.y)
+        if b_seq - a_seq > lim.max_seq_jump:
+            return f"implausible_seq_jump (+{b_seq - a_seq})"
+        dist = math.hypot(b_x - a_x, b_y - a_y)
         if dist > lim.max_speed_ms * dt + lim.position_slack_m:
             return f"implausible_teleport ({dist:.0f} m in {dt:.2f} s)"
         return None
