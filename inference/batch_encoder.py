@@ -94,31 +94,20 @@ class BatchPredictionEncoder(PredictionEncoder):
         return t
 
 
-_ROW = numba.uint8[::1]
+_FILL_SIGNATURES = [
+    numba.void(
+        numba.uint8[::1],  # template
+        numba.int64[:, :],  # ids
+        numba.int64[:, :],  # stamps
+        points[:, :, :],  # float32 from the model, float64 from the physics fallback
+        numba.int64,  # stamps_at
+        numba.uint8[:, ::1],  # out
+    )
+    for points in (numba.float32, numba.float64)
+]
 
 
-@numba.njit(
-    [
-        numba.void(
-            _ROW,
-            numba.int64[:, :],
-            numba.int64[:, :],
-            numba.float32[:, :, :],
-            numba.int64,
-            numba.uint8[:, ::1],
-        ),
-        numba.void(
-            _ROW,
-            numba.int64[:, :],
-            numba.int64[:, :],
-            numba.float64[:, :, :],
-            numba.int64,
-            numba.uint8[:, ::1],
-        ),
-    ],
-    cache=True,
-    nogil=True,
-)
+@numba.njit(_FILL_SIGNATURES, cache=True, nogil=True)
 def _fill_records(template, ids, stamps, points, stamps_at, out):
     """Row ``i`` of ``out``: ``template`` with ``ids[i]`` (seq, t_event_ns) at its start,
     ``stamps[i]`` at ``stamps_at`` and ``points[i]`` (x, y; as float64) after each

@@ -222,7 +222,8 @@ class PredictionEncoder(CachedParts[bytes]):
 
 
 class ValueEncoder(Protocol):
-    """What serve publishes with: :class:`PredictionEncoder` or the JSON layout's encoder
+    """What serve publishes with: :class:`PredictionEncoder` (serve's batch subclass,
+    :class:`inference.batch_encoder.BatchPredictionEncoder`) or the JSON layout's encoder
     (:mod:`schemas.prediction_json`); ``middle`` returns each one's own cached form."""
 
     def middle(self, name: str, source: str, reason: str) -> Any: ...
