@@ -42,8 +42,8 @@ LABEL_DELAY_S = 0.25
 """...or the oldest has waited this long: a poll of one frame does not label on its own."""
 TRUTH_BURST = 64
 """Truth windows that may be booked at once when ``truth_per_s`` caps them."""
-_Label = tuple[int, int, int, "_Awaiting"]
-"""(slot, first and end row of its track, the window) of a window whose truth arrived."""
+_Label = tuple["_Vehicle", int, int, "_Awaiting"]
+"""(vehicle, first and end row of its track, the window) of a window whose truth arrived."""
 
 
 @dataclass(slots=True, eq=False)
@@ -78,6 +78,9 @@ class _Vehicle:
     batch: int = -1
     """The batch of rows it last appended to, and how many it appended there."""
     in_batch: int = 0
+    label_n: int = -1
+    """``n`` when its oldest window still waiting to be labelled was due (-1: none waits):
+    the track that window reads is in its ring until it appends ``_track`` rows more."""
 
 
 class _Batch:
@@ -124,9 +127,6 @@ class HistoryStore:
         self._labels: list[_Label] = []
         """Windows whose truth arrived, labelled together later (:meth:`label_due`)."""
         self._label_since = 0.0
-        self._label_rows = 0
-        """Rows appended since the oldest of them: none of its vehicle's rows is overwritten
-        while this stays below the track length (rings hold twice that)."""
 
     def __len__(self) -> int:
         return len(self._vehicles)
@@ -154,6 +154,7 @@ class HistoryStore:
             v.rows_from = max(v.rows_from, v.n - old_history)
             v.track_from = max(v.track_from, v.n - old_track)
             v.pending.clear()
+            v.label_n = -1
             keep.append((v.slot, v.n, min(v.n - min(v.rows_from, v.track_from), self._track)))
         self._rings.resize(2 * self._track, keep)
         for v in self._vehicles.values():
@@ -209,11 +210,9 @@ class HistoryStore:
         elif v.in_batch == self._track:  # a backlog of this vehicle: store what we have
             b = self._store()
             v.batch, v.in_batch = b.id, 0
-        if self._labels:
-            if self._label_rows >= self._track:  # label before their rows are overwritten
-                b = self._store(label=True)
-                v.batch, v.in_batch = b.id, 0
-            self._label_rows += 1
+        if v.label_n >= 0 and v.n - v.label_n >= self._track:  # label before it overwrites
+            b = self._store(label=True)  # the rows of its waiting windows (rare: a backlog)
+            v.batch, v.in_batch = b.id, 0
         b.at.append(self._rings.at(v.slot, v.n))
         b.frame.append(i)
         v.in_batch += 1
@@ -225,8 +224,10 @@ class HistoryStore:
                 a = v.pending.popleft()
                 # read from the anchor on: the same labels as from the track's start
                 if not self._labels:
-                    self._label_since, self._label_rows = self._clock(), 0
-                self._labels.append((v.slot, max(track, a.at), v.n, a))
+                    self._label_since = self._clock()
+                if v.label_n < 0:
+                    v.label_n = v.n
+                self._labels.append((v, max(track, a.at), v.n, a))
         if v.count % self.truth_every == 0 and self._usable(v) and self._truth_token():
             awaiting = _Awaiting(t, v.n - 1, b.windows, self._book(b, v))
             v.pending.append(awaiting)
@@ -302,8 +303,11 @@ class HistoryStore:
         labels, self._labels = self._labels, []
         if not labels:
             return
-        slot, first, end = (np.array(c, np.int64) for c in list(zip(*labels, strict=True))[:3])
-        awaiting = [q[3] for q in labels]
+        vehicles, first, end, awaiting = list(zip(*labels, strict=True))
+        for v in vehicles:
+            v.label_n = -1
+        slot = np.array([v.slot for v in vehicles], np.int64)
+        first, end = np.array(first, np.int64), np.array(end, np.int64)
         lengths = end - first
         times, xy = self._rings.read(slot, first, int(lengths.max()), slice(0, 2))
         targets, ok = window.labels_on_tracks(

@@ -348,6 +348,30 @@ def test_a_poll_ends_without_labelling_and_label_due_labels_what_is_due() -> Non
     assert not store._labels and len(store.truth()[0]) == waiting
 
 
+def test_a_fleet_is_labelled_between_polls_only_while_no_ring_is_at_risk() -> None:
+    """A fleet sending a frame per vehicle per poll: every waiting window's track stays in
+    its vehicle's ring for many polls, so no poll labels before its frames are answered
+    (a labelling costs ~0.5 ms): only label_due() does, after the poll."""
+    spec = InputSpec()
+    store = HistoryStore(spec, truth_capacity=100_000, truth_every=10, clock=lambda: 0.0)
+    fleet = [f"v{k:03d}" for k in range(100)]
+    first = spec.history + round(spec.max_horizon_s * spec.rate_hz)
+    for s in range(first + 30):
+        frames = [
+            SensorFrame(vid, s, T0 + s * S // 10, 1e3 * k + s, 0.0, 10.0, 0.0, 0.0, 0.0)
+            for k, vid in enumerate(fleet)
+            if s >= k % 10  # joining one poll apart: a tenth of the fleet books each poll
+        ]
+        labelled = len(store.truth()[0])
+        store.begin(FrameColumns.of([[f] for f in frames]))
+        for i in range(len(frames)):
+            assert store.add(i, 0) == "ok"
+        store.end()
+        assert len(store.truth()[0]) == labelled, s  # nothing labelled inside the poll
+        store.label_due()
+    assert len(store.truth()[0]) > 200
+
+
 def test_truth_per_s_caps_the_windows_kept_as_ground_truth() -> None:
     """A busy fleet books no more truth windows a second than ``truth_per_s`` (after a
     burst of TRUTH_BURST), spread over its vehicles; without the cap, every other window."""
