@@ -303,12 +303,12 @@ class HistoryStore:
         labels, self._labels = self._labels, []
         if not labels:
             return
-        vehicles, first, end, awaiting = list(zip(*labels, strict=True))
+        vehicles, firsts, ends, awaiting = list(zip(*labels, strict=True))
         for v in vehicles:
             v.label_n = -1
         slot = np.array([v.slot for v in vehicles], np.int64)
-        first, end = np.array(first, np.int64), np.array(end, np.int64)
-        lengths = end - first
+        first = np.array(firsts, np.int64)
+        lengths = np.array(ends, np.int64) - first
         times, xy = self._rings.read(slot, first, int(lengths.max()), slice(0, 2))
         targets, ok = window.labels_on_tracks(
             times, xy[..., 0], xy[..., 1], lengths, [a.t0 for a in awaiting], self.spec.horizons_s
