@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from schemas.errors import CodecError
-from schemas.prediction import HEAD, STAMPS, PredictionEncoder
+from schemas.prediction import HEAD, PredictionEncoder
 
 
 class BatchPredictionEncoder(PredictionEncoder):
@@ -81,15 +81,9 @@ class BatchPredictionEncoder(PredictionEncoder):
         if t is None:
             if len(self._templates) > 256:  # versions come and go
                 self._templates.clear()
-            flat = [v for h in horizons for v in (h, 0.0, 0.0)]
-            record = b"".join(
-                (
-                    HEAD.pack(0, 0, model_version),
-                    middle,
-                    STAMPS.pack(*(0,) * 5),
-                    self.points(len(horizons)).pack(len(horizons), *flat),
-                )
-            )
+            zeros = [0.0] * len(horizons)
+            value = self.encode("", 0, 0, model_version, middle, (0,) * 5, horizons, zeros, zeros)
+            record = value[len(self.vehicle("")) :]  # the layout as encode() writes it
             t = self._templates[key] = np.frombuffer(record, np.uint8).copy()
         return t
 

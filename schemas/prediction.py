@@ -89,7 +89,7 @@ class Prediction:
 # B source index | str reason | 5q stamps | B K | K * (3d horizon x y)
 HEAD = struct.Struct("<qqq")
 _SRC = struct.Struct("<B")
-STAMPS = struct.Struct("<5q")
+_STAMPS = struct.Struct("<5q")
 _K = struct.Struct("<B")
 _POINT = struct.Struct("<3d")
 
@@ -215,7 +215,7 @@ class PredictionEncoder(CachedParts[bytes]):
                 self.vehicle(vehicle_id),
                 HEAD.pack(seq, t_event_ns, model_version),
                 middle,
-                STAMPS.pack(*stamps),
+                _STAMPS.pack(*stamps),
                 points.pack(*flat),
             )
         )
@@ -291,7 +291,7 @@ def decode_prediction(value: bytes, fmt: Format = "binary") -> Prediction:
     if src >= len(SOURCES):
         raise CodecError("source", f"unknown source index {src}")
     reason = r.string()
-    stamps = r.unpack(STAMPS)
+    stamps = r.unpack(_STAMPS)
     (k,) = r.unpack(_K)
     points = [r.unpack(_POINT) for _ in range(k)]
     r.done()
