@@ -20,6 +20,7 @@ from inference.metrics import ServeMetrics
 from inference.output import Answer, Output
 from inference.runtime import LoadedModel
 from schemas.headers import now_ns
+from schemas.model_spec import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +55,25 @@ class Answerer:
         """Answer ``items`` with one model run; late or unfit frames fall back."""
         if not items:
             return
-        now = now_ns()
-        horizons = model.spec.horizons_s
+        spec, history = model.spec, model.spec.history
         # in_time() for the whole batch at once: same shape, same cost for every item
-        shape = self.config.padded(min(len(items), self.config.max_batch))
-        limit = now + self.cost_ns.get(shape, 1 * MS) + self._margin_ns
-        on_time = [it for it in items if it.origin.deadline_ns >= limit]
-        if len(on_time) < len(items):
-            self.fallback([it for it in items if it.origin.deadline_ns < limit], "late", horizons)
-            items = on_time
-        # a swap changed the window length: only those frames fall back
-        history = model.spec.history
-        windows = [_fitting_window(it, history) for it in items]
-        if any(w is None for w in windows):
-            unfit = [it for it, w in zip(items, windows, strict=True) if w is None]
-            self.fallback(unfit, "warmup", horizons)
-            items = [it for it, w in zip(items, windows, strict=True) if w is not None]
-        if not items:
-            return
-        blocks = [w for w in windows if w is not None]
+        limit = now_ns() + self.cost_ns.get(self.config.padded(len(items)), MS) + self._margin_ns
+        ready = [it for it in items if it.origin.deadline_ns >= limit and _fits(it, history)]
+        if len(ready) < len(items):
+            self._fall_back_unready(items, limit, spec)
+            if not ready:
+                return
+            items = ready
         n = len(items)
-        x = _model_input(blocks, [it.row for it in items], self.config.padded(n))
+        shape = self.config.padded(n)
+        blocks: list[np.ndarray] = [it.window.array for it in items]  # type: ignore[union-attr, misc]
+        x = _model_input(blocks, [it.row for it in items], shape)
         t_start = now_ns()
         try:
             out = model.run(x)
         except Exception:
             log.exception("model v%d failed on a batch of %d", model.version, n)
-            self.fallback(items, "model_error", horizons)
+            self.fallback(items, "model_error", spec.horizons_s)
             return
         t_end = now_ns()
         self.cost_ns[shape] = 0.8 * self.cost_ns.get(shape, t_end - t_start) + 0.2 * (
@@ -88,6 +81,7 @@ class Answerer:
         )
         self.metrics.batch_size.observe(n)
         out = out[:n]
+        horizons = spec.horizons_s
         answer = Answer(horizons, model.version, [model.name] * n, "model", "", t_start, t_end)
         if _all_finite(out):
             self.output.publish(items, out, answer)
@@ -99,6 +93,16 @@ class Answerer:
                 self.fallback([it], "non_finite", horizons)
             else:
                 self.output.publish([it], out[i : i + 1], one)
+
+    def _fall_back_unready(self, items: list[Pending], limit: float, spec: InputSpec) -> None:
+        """The fallbacks of a batch: frames past ``limit`` as late, then those whose window
+        no longer fits the model (a swap changed its length) as warmup."""
+        late = [it for it in items if it.origin.deadline_ns < limit]
+        self.fallback(late, "late", spec.horizons_s)
+        unfit = [
+            it for it in items if it.origin.deadline_ns >= limit and not _fits(it, spec.history)
+        ]
+        self.fallback(unfit, "warmup", spec.horizons_s)
 
     def fallback(
         self,
@@ -124,12 +128,10 @@ class Answerer:
         self.output.publish(items, out, answer)
 
 
-def _fitting_window(item: Pending, history: int) -> np.ndarray | None:
-    """The window block of ``item``'s poll if its windows are ``history`` rows long."""
+def _fits(item: Pending, history: int) -> bool:
+    """``item``'s poll gathered its window, ``history`` rows long (the model's)."""
     w = item.window
-    if w is None or w.array is None or w.array.shape[1] != history:
-        return None
-    return w.array
+    return w is not None and w.array is not None and w.array.shape[1] == history
 
 
 def _model_input(blocks: list[np.ndarray], rows: list[int], shape: int) -> np.ndarray:

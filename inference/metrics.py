@@ -109,6 +109,39 @@ class StageHistogram(Collector):
         yield fam
 
 
+class CountHistogram(Collector):
+    """A histogram of small whole numbers (frames per batch) at the cost of a list index.
+
+    Same exposition as a prometheus_client Histogram without labels, but :meth:`observe`
+    takes no lock and walks no buckets: each count up to the largest bound has its bucket
+    looked up in a table. The serving thread is its only writer; a scrape reads a copy.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[int, ...]) -> None:
+        self.name, self.documentation, self.buckets = name, documentation, buckets
+        self._bucket_of = [
+            next(i for i, b in enumerate(buckets) if n <= b) for n in range(buckets[-1] + 1)
+        ]
+        self._counts = [0] * (len(buckets) + 1)  # last: +Inf
+        self._sum = 0
+
+    def observe(self, n: int) -> None:
+        table = self._bucket_of
+        self._counts[table[n] if 0 <= n < len(table) else -1] += 1
+        self._sum += n
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts, total = list(self._counts), self._sum
+        cumulative = np.cumsum(counts).tolist()
+        bounds = [*(str(float(b)) for b in self.buckets), "+Inf"]
+        yield HistogramMetricFamily(
+            self.name,
+            self.documentation,
+            buckets=list(zip(bounds, cumulative, strict=True)),
+            sum_value=total,
+        )
+
+
 class ServeMetrics:
     """Counters, gauges and histograms the serving loop updates."""
 
@@ -116,12 +149,10 @@ class ServeMetrics:
         r = self.registry = CollectorRegistry()
         self.stage_latency = StageHistogram(LATENCY_BUCKETS)
         r.register(self.stage_latency)
-        self.batch_size = Histogram(
-            "drivestream_inference_batch_size",
-            "Frames per model batch",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+        self.batch_size = CountHistogram(
+            "drivestream_inference_batch_size", "Frames per model batch", BATCH_BUCKETS
         )
+        r.register(self.batch_size)
         self.predictions = Counter(
             "drivestream_inference_predictions",
             "Predictions handed to the producer (a failed delivery stops the service)",

@@ -1,12 +1,14 @@
-"""The batch encoder agrees with the decoder; stage histograms bucket like Prometheus."""
+"""The batch encoder agrees with the decoder; stage and batch-size histograms bucket like
+Prometheus."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from inference.batch_encoder import BatchPredictionEncoder
-from inference.metrics import FOLD_EVERY, LATENCY_BUCKETS, STAGES, ServeMetrics
+from inference.metrics import BATCH_BUCKETS, FOLD_EVERY, LATENCY_BUCKETS, STAGES, ServeMetrics
 from schemas.errors import CodecError
 from schemas.prediction import Prediction, PredictionEncoder, decode_prediction
 from schemas.prediction_json import JsonPredictionEncoder
@@ -107,3 +109,24 @@ def test_stage_histogram_buckets_like_prometheus_le() -> None:
     assert cumulative[1] == 3 and cumulative[len(LATENCY_BUCKETS) - 1] == 4
     assert cumulative[-1] == 5 and total == values.sum()
     assert 'drivestream_inference_stage_seconds_count{stage="publish"} 5.0' in m.render().decode()
+
+
+def test_batch_size_histogram_reads_as_prometheus_own_histogram_would() -> None:
+    sizes = [0, 1, 2, 3, 63, 64, 65, 511, 512, 513, 10_000, *range(1, 300, 7)]
+    theirs = CollectorRegistry()
+    h = Histogram(
+        "drivestream_inference_batch_size",
+        "Frames per model batch",
+        buckets=BATCH_BUCKETS,
+        registry=theirs,
+    )
+    m = ServeMetrics()
+    for n in sizes:
+        h.observe(n)
+        m.batch_size.observe(n)
+
+    def lines(text: bytes) -> list[str]:
+        return [s for s in text.decode().splitlines() if "batch_size" in s and "created" not in s]
+
+    assert lines(m.render()) == lines(generate_latest(theirs))
+    assert f"drivestream_inference_batch_size_count {float(len(sizes))}" in lines(m.render())
