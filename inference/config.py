@@ -62,6 +62,12 @@ class ServeConfig:
         "one's acknowledgement, so requests grow with the rate; raise it (and linger_ms) "
         "for a broker many milliseconds away",
     )
+    sched_slice_us: int = setting(
+        100,
+        "scheduler slice the serving threads ask Linux 6.12+ for, microseconds (100..100000; "
+        "0: the kernel's default): a short one lets a frame's wake-up preempt batch work "
+        "sharing the cores (a trainer, a broker) sooner, without a larger share of the CPU",
+    )
     safety_margin_ms: float = setting(3.0, "time kept back for publishing when judging the budget")
     device: str = setting("auto", "auto | cpu | cuda")
     intra_op_threads: int = setting(1, "ONNX Runtime intra-op threads (CPU)")
@@ -142,6 +148,10 @@ class ServeConfig:
                 f"max_in_flight must be in 1..5, got {self.max_in_flight}",
             ),
             (self.budget_ms > 0, f"budget_ms must be > 0, got {self.budget_ms}"),
+            (
+                self.sched_slice_us == 0 or 100 <= self.sched_slice_us <= 100_000,
+                f"sched_slice_us must be 0 or 100..100000, got {self.sched_slice_us}",
+            ),
             (self.safety_margin_ms >= 0, "safety_margin_ms must be >= 0"),
             (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
             (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),

@@ -33,6 +33,7 @@ from inference.metrics import MetricsServer, ServeMetrics
 from inference.output import Output
 from inference.rebalance import RebalanceDrain
 from inference.runtime import LoadedModel, choose_providers, quiet_ort
+from inference.scheduling import request_slice
 from inference.swap import ModelDeadLetters, ModelSwapper, ModelWatcher
 from inference.validate import ValidationPolicy
 from schemas.errors import ValidationError
@@ -143,6 +144,8 @@ class InferenceService:
     def open(self) -> None:
         quiet_ort()
         c = self.config
+        if c.sched_slice_us:  # before the clients start their threads: they inherit it
+            request_slice(c.sched_slice_us)
         log.info(
             "inference: %s -> %s, group %s, providers requested %s",
             c.sensors_topic,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from inference.config import ServeConfig
+from inference.scheduling import slice_ns
 from inference.service import InferenceService
 from pipeline.processes import free_port
 from schemas.deadletter import decode_dead_letter
@@ -25,6 +26,7 @@ from schemas.prediction import Prediction, check_prediction_headers, decode_pred
 from schemas.sensor import SensorFrame, encode_frames, frame_headers
 from schemas.topics import TopicNames
 from tests.model_fixtures import TEST_PUBLIC, cv_onnx, envelope
+from tests.unit.test_inference_scheduling import CUSTOM_SLICES
 
 pytestmark = pytest.mark.integration
 
@@ -214,6 +216,9 @@ def test_fallback_first_then_model_one_answer_per_frame(
         given = service.output.producer._config  # --linger-ms and --max-in-flight reach it
         assert given["linger.ms"] == 2.5
         assert given["max.in.flight.requests.per.connection"] == 2
+        if CUSTOM_SLICES:  # the serving thread asked for the default slice as it opened
+            assert service._thread is not None
+            assert slice_ns(service._thread.native_id) == cfg.sched_slice_us * 1000 == 100_000
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz"))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
