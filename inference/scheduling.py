@@ -50,9 +50,9 @@ def _syscalls() -> tuple[ctypes.CDLL, int, int] | None:
     return ctypes.CDLL(None, use_errno=True), *numbers
 
 
-def slice_ns(tid: int = 0) -> int | None:
-    """The scheduler's slice for thread ``tid`` (0: the calling thread), ns; None where it
-    cannot be read (a kernel before 6.12 may read 0)."""
+def _read_attr(tid: int) -> _SchedAttr | None:
+    """Thread ``tid``'s (0: the calling thread's) ``sched_attr``; None where it cannot be
+    read (the errno says why)."""
     calls = _syscalls()
     if calls is None:
         return None
@@ -60,7 +60,14 @@ def slice_ns(tid: int = 0) -> int | None:
     attr = _SchedAttr()
     if libc.syscall(getattr_nr, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
         return None
-    return int(attr.sched_runtime)
+    return attr
+
+
+def slice_ns(tid: int = 0) -> int | None:
+    """The scheduler's slice for thread ``tid`` (0: the calling thread), ns; None where it
+    cannot be read (a kernel before 6.12 may read 0)."""
+    attr = _read_attr(tid)
+    return None if attr is None else int(attr.sched_runtime)
 
 
 def request_slice(slice_us: int) -> bool:
@@ -70,9 +77,9 @@ def request_slice(slice_us: int) -> bool:
     if calls is None:
         log.info("scheduler slice: not on %s %s", platform.system(), platform.machine())
         return False
-    libc, setattr_nr, getattr_nr = calls
-    attr = _SchedAttr()
-    if libc.syscall(getattr_nr, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
+    libc, setattr_nr, _ = calls
+    attr = _read_attr(0)
+    if attr is None:
         log.info("scheduler slice: sched_getattr failed: %s", os.strerror(ctypes.get_errno()))
         return False
     if attr.sched_policy not in (os.SCHED_OTHER, os.SCHED_BATCH):
