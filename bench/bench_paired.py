@@ -22,7 +22,9 @@ bad luck falls on all of them alike.
   the others' segments (its ``unanswered`` and p99 show it).
 - ``busy`` (not by default) is the floor's echo burning ``--busy-us`` of CPU per poll
   before passing the records on: the tail serve would have if its work per poll were that
-  much CPU and nothing else.
+  much CPU and nothing else. With ``--busy-us 0`` it is the floor's twin, and its ratio to
+  the floor is what the machine alone puts between two identical systems in one run (on
+  the 2-core VM at 5,000/s up to 1.77x: BENCHMARKS.md, twentieth pass).
 
     python bench/bench_paired.py [--systems floor,serve,peer,busy] [--rate 1000]
         [--segment 2] [--duration 20] [--runs 3] [--busy-us 250] [--bootstrap HOST:PORT]
